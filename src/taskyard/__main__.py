@@ -1,0 +1,3 @@
+from taskyard.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""`create_app(settings)`: the FastAPI application. Its lifespan owns the store and the loops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from taskyard import __version__
+from taskyard.api import errors
+from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
+from taskyard.api.responses import JsonResponse
+from taskyard.api.routes import probes, servers, tasks
+from taskyard.backends import AiohttpBackendClient
+from taskyard.config import Settings
+from taskyard.domain.dispatcher import DispatchPolicy
+from taskyard.domain.health import HealthPolicy
+from taskyard.domain.service import Coordinator, CoordinatorConfig
+from taskyard.storage.migrate import upgrade
+from taskyard.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """A durable task API in front of a fleet of HTTP inference servers.
+
+Every `/api` route needs `Authorization: Bearer <JWT>` (HS256, with a `roles` array:
+`admin`, `user` or `service`). Errors are `{"error": message, "details"?: …}`."""
+
+
+def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        jwt_secret=settings.jwt_secret,
+        callback_base_url=settings.callback_base_url,
+        task_timeout_s=settings.task_timeout_s,
+        max_attempts=settings.max_attempts,
+        dispatch=DispatchPolicy(
+            node_id=node_id,
+            callback_base_url=settings.callback_base_url,
+            jwt_secret=settings.jwt_secret,
+            retry_base_s=settings.retry_base_s,
+            retry_max_s=settings.retry_max_s,
+            poll_s=settings.dispatch_poll_s,
+            batch=settings.dispatch_batch,
+            failures_offline=settings.dispatch_failures_offline,
+        ),
+        health=HealthPolicy(
+            timeout_s=settings.health_timeout_s,
+            interval_min_s=settings.health_interval_min_s,
+            interval_max_s=settings.health_interval_max_s,
+            backoff_after=settings.health_backoff_after,
+            retries=settings.health_retries,
+            retry_delay_s=settings.health_retry_delay_s,
+            offline_removal_s=settings.offline_removal_s,
+            concurrency=settings.health_concurrency,
+        ),
+        result_retention_s=settings.result_retention_s,
+        chores_interval_s=settings.chores_interval_s,
+        node_timeout_s=settings.node_timeout_s,
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app. The store, client and loops start in the lifespan, not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await upgrade(settings.database_url)
+        store = SqlStore.open(settings.database_url)
+        client = AiohttpBackendClient(max_response_bytes=settings.max_backend_response_bytes)
+        await client.open()
+        node_id = Coordinator.new_node_id()
+        coordinator = Coordinator(
+            store=store, client=client, config=coordinator_config(settings, node_id)
+        )
+        app.state.coordinator = coordinator
+        await coordinator.start()
+        log.info("taskyard node %s serving", coordinator.node_id)
+        try:
+            yield
+        finally:
+            await coordinator.stop()
+            await client.close()
+            await store.close()
+
+    app = FastAPIOffline(
+        title="taskyard",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    app.state.jwt_secret = settings.jwt_secret
+    errors.install(app)
+    app.include_router(probes.router)
+    app.include_router(tasks.router)
+    app.include_router(servers.router)
+    app.add_middleware(JsonBodies)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)
+    return app

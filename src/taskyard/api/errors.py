@@ -1,0 +1,65 @@
+"""Errors → HTTP, in one table. Every error body is `{"error": message, "details"?: …}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from taskyard import errors
+from taskyard.api.responses import JsonResponse
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[errors.TaskyardError], int]] = [
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.Forbidden, 403),
+    (errors.Unauthorized, 401),
+    (errors.InvalidInput, 400),
+]
+
+
+def status_for(exc: errors.TaskyardError) -> int:
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def error_response(status: int, message: str, details: Any = None) -> JsonResponse:
+    body: dict[str, Any] = {"error": message}
+    if details is not None:
+        body["details"] = details
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JsonResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.TaskyardError)
+    async def _domain(_request: Request, exc: errors.TaskyardError) -> JsonResponse:
+        return error_response(status_for(exc), exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JsonResponse:
+        # The seed answers 400 to a bad body, not FastAPI's 422.
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        kinds = {d["type"] for d in details}
+        message = "Malformed JSON body" if "json_invalid" in kinds else "Invalid request"
+        return error_response(400, message, details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> JsonResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JsonResponse:
+        # Log the details, show none: a 500 body never carries internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal server error")

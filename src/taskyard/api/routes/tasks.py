@@ -1,0 +1,100 @@
+"""Task routes: create, read, report on, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from taskyard.api import present
+from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
+from taskyard.api.responses import JsonResponse
+from taskyard.api.schemas import MAX_ID_LENGTH, ErrorOut, TaskCreate, TaskOut, TaskResultIn
+from taskyard.domain.models import TaskOptions, TaskStatus
+from taskyard.domain.service import Report
+
+router = APIRouter(prefix="/api/task", tags=["tasks"])
+
+TaskId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Invalid body or parameters"},
+    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
+    403: {"model": ErrorOut, "description": "The token lacks the needed role"},
+    413: {"model": ErrorOut, "description": "Body too large"},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such task (or not yours)"}
+}
+
+
+@router.post("", response_model=TaskOut, responses=_ERRORS)
+async def create_task(
+    body: TaskCreate,
+    coordinator: CoordinatorDep,
+    principal: ClientDep,
+    priority: Annotated[int, Query(ge=-1000, le=1000, description="higher runs first")] = 0,
+    timeout_s: Annotated[
+        float | None, Query(gt=0, le=7 * 24 * 3600, description="processing deadline per attempt")
+    ] = None,
+    max_attempts: Annotated[int | None, Query(ge=1, le=100)] = None,
+    queue_timeout_s: Annotated[
+        float | None, Query(gt=0, le=30 * 24 * 3600, description="fail if not started by then")
+    ] = None,
+) -> JsonResponse:
+    """Create a task (role user or admin); returns once it is durably stored as WAITING."""
+    options = TaskOptions(
+        priority=priority,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        queue_timeout_s=queue_timeout_s,
+    )
+    task = await coordinator.create_task(
+        owner=principal.sub, request=body.model_dump(), options=options
+    )
+    return JsonResponse(present.task_out(task))
+
+
+@router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS | _NOT_FOUND)
+async def get_task(
+    task_id: TaskId, coordinator: CoordinatorDep, principal: PrincipalDep
+) -> JsonResponse:
+    """Read a task (its owner or an admin)."""
+    task = await coordinator.get_task(task_id, principal=principal)
+    return JsonResponse(present.task_out(task))
+
+
+@router.put(
+    "/{task_id}",
+    response_model=TaskOut,
+    responses=_ERRORS
+    | _NOT_FOUND
+    | {409: {"model": ErrorOut, "description": "Superseded attempt or final task"}},
+)
+async def report_task(
+    task_id: TaskId, body: TaskResultIn, coordinator: CoordinatorDep, principal: AdminOrServiceDep
+) -> JsonResponse:
+    """Report progress or the result (admin, or the backend holding the current attempt)."""
+    report = Report(
+        status=TaskStatus(body.metadata.status),
+        body=body.model_dump(mode="json"),
+        server_id=body.metadata.server_id,
+        progress=body.metadata.progress,
+        message=body.metadata.message,
+    )
+    task = await coordinator.report(task_id, report, principal=principal)
+    return JsonResponse(present.task_out(task))
+
+
+@router.post(
+    "/{task_id}/cancel",
+    response_model=TaskOut,
+    responses=_ERRORS
+    | _NOT_FOUND
+    | {409: {"model": ErrorOut, "description": "The task is already final"}},
+)
+async def cancel_task(
+    task_id: TaskId, coordinator: CoordinatorDep, principal: ClientDep
+) -> JsonResponse:
+    """Cancel a waiting or running task (its owner or an admin)."""
+    task = await coordinator.cancel_task(task_id, principal=principal)
+    return JsonResponse(present.task_out(task))

@@ -1,0 +1,210 @@
+"""Wire models: what the API accepts and returns. Field names follow the seed's wire format."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_ID_LENGTH = 128
+MAX_URL_LENGTH = 2048
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+ReportStatus = Literal["WAITING", "PROCESSING", "FINISHED", "FAILED"]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    details: Any = None
+
+
+# ---- tasks ------------------------------------------------------------------------------
+
+
+class TaskCreate(BaseModel):
+    """A task request: `model` routes it; every other field is forwarded to the backend as is."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "example": {
+                "model": "video-upscaler",
+                "mimeType": "video/mp4",
+                "video_quality": "1080p",
+                "video_url": "https://example.com/in.mp4",
+                "enable_upscale": True,
+            }
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    serverId: str
+    startedAt: int
+    endedAt: int | None = None
+    error: str | None = None
+    errorCode: str | None = None
+
+
+class TaskDetails(BaseModel):
+    id: str
+    status: Literal["WAITING", "PROCESSING", "FINISHED", "FAILED", "CANCELLED"]
+    request: dict[str, Any]
+    serverId: str | None
+    result: Any
+    createdAt: int = Field(description="epoch milliseconds")
+    updatedAt: int
+    callbackUrl: str | None
+    error: str | None
+    errorCode: str | None
+    attempts: list[AttemptOut]
+    model: str
+    priority: int
+    progress: float | None
+    owner: str
+    startedAt: int | None
+    finishedAt: int | None
+
+
+class TaskOut(BaseModel):
+    taskId: str
+    taskDetails: TaskDetails
+
+
+class ResultMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    server_id: str | None = Field(None, max_length=MAX_ID_LENGTH)
+    status: ReportStatus
+    progress: float | None = Field(None, ge=0)
+    processing_time: float | None = None
+    model_time: float | None = None
+    queue_time: float | None = None
+    message: str | None = Field(None, max_length=10_000)
+    custom_data: Any = None
+
+
+class TaskResultIn(BaseModel):
+    """The seed's TaskResult: what a backend PUTs (or returns from a synchronous predict)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend_task_id: str | None = Field(None, max_length=256)
+    data: Any = None
+    metadata: ResultMetadata
+
+
+# ---- servers ----------------------------------------------------------------------------
+
+
+def _check_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+class Endpoints(BaseModel):
+    predict: str
+    health: str | None = None
+
+    _urls = field_validator("predict", "health")(_check_url)
+
+
+class ServerRegister(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(pattern=ID_PATTERN, description="letters, digits and . _ : @ -; max 128")
+    endpoints: Endpoints
+    provider: str = Field("", max_length=256)
+    name: str = Field("", max_length=256)
+    is_async: bool = Field(False, alias="async")
+    callback: bool = False
+    max_concurrency: int = Field(1, ge=1, le=100_000)
+    models: list[str] = Field(default_factory=list, max_length=1000)
+    weight: float = Field(1.0, gt=0, le=1_000_000)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if any(not m or len(m) > 256 for m in value):
+            raise ValueError("each model must be a non-empty string of at most 256 characters")
+        return value
+
+
+class RegisterOut(BaseModel):
+    id: str
+    success: bool
+    token: str = Field(description="a `service` token bound to this server, for callbacks")
+
+
+class HealthDetail(BaseModel):
+    lastCheckAt: str | None
+    lastSuccessAt: str | None
+    consecutiveSuccesses: int
+    consecutiveFailures: int
+    dispatchFailures: int
+    checkIntervalS: float
+    nextCheckAt: str | None
+    offlineSince: str | None
+    lastError: str | None
+
+
+class ServerOut(BaseModel):
+    id: str
+    name: str
+    provider: str
+    endpoints: Endpoints
+    async_: bool = Field(alias="async")
+    callback: bool
+    max_concurrency: int
+    models: list[str]
+    weight: float
+    status: Literal["online", "offline", "draining"]
+    lastHeartbeat: str | None
+    registeredAt: str
+    inFlight: int
+    health: HealthDetail
+    load: dict[str, Any] | None
+
+
+class ServersOut(BaseModel):
+    servers: list[ServerOut]
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class HeartbeatOut(BaseModel):
+    id: str
+    success: bool
+    lastHeartbeat: str
+
+
+class CleanupIn(BaseModel):
+    maxAgeMins: float = Field(5.0, gt=0, le=525_600)
+
+
+class CleanupOut(BaseModel):
+    success: bool
+    removedServers: list[str]
+
+
+class OkOut(BaseModel):
+    id: str
+    success: bool
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))

@@ -1,0 +1,172 @@
+"""The `taskyard` command: serve, migrate, token, check, mock-backend.
+
+Every `serve` flag mirrors a `TASKYARD_*` environment variable (named in `--help`); a flag wins
+over the variable, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import types
+from typing import Any, Union, get_args, get_origin
+
+import click
+from pydantic import ValidationError
+
+from taskyard import auth
+from taskyard.config import Settings, resolve_secret
+
+STARTUP_FAILURE = 3  # broken configuration: a supervisor should not restart us in a loop
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, ValueError) as exc:
+        click.echo(f"taskyard: invalid configuration: {exc}", err=True)
+        sys.exit(STARTUP_FAILURE)
+    settings, _ = resolve_secret(settings)
+    return settings
+
+
+def _click_type(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is not None:  # Literal[...]
+        return click.Choice([str(a) for a in get_args(annotation)])
+    return {bool: bool, int: int, float: float}.get(annotation, str)
+
+
+def settings_options(func: Any) -> Any:
+    """One `--flag` per Settings field, documented with its environment variable."""
+    for name, field in reversed(list(Settings.model_fields.items())):
+        flag = "--" + name.replace("_", "-")
+        env = f"TASKYARD_{name.upper()}"
+        shown = "(generated in development)" if name == "jwt_secret" else field.default
+        help_text = f"[env: {env}; default: {shown}]"
+        func = click.option(flag, name, type=_click_type(field.annotation), help=help_text)(func)
+    return func
+
+
+@click.group()
+@click.version_option(package_name="taskyard")
+def main() -> None:
+    """taskyard: a durable task API in front of a fleet of HTTP inference servers."""
+
+
+@main.command()
+@settings_options
+@click.option("--log-level", default="info", show_default=True, envvar="TASKYARD_LOG_LEVEL")
+@click.option("--access-log/--no-access-log", default=False, envvar="TASKYARD_ACCESS_LOG")
+def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
+    """Migrate the database and serve the API and background loops."""
+    import uvicorn
+
+    from taskyard.api.app import create_app
+
+    settings = _settings(overrides)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.env == "development":
+        _print_dev_banner(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=access_log,
+    )
+
+
+def _print_dev_banner(settings: Settings) -> None:
+    token = auth.mint(settings.jwt_secret, sub="admin", roles=[auth.ADMIN], ttl_s=24 * 3600)
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"taskyard (development) on {base}  docs: {base}/docs  database: {settings.database_url}\n"
+        f"admin token (24 h):\n  {token}\n"
+        "mint more with: taskyard token --role user --sub alice [--ttl 3600]\n",
+        err=True,
+    )
+
+
+@main.command()
+@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None)
+def migrate(database_url: str | None) -> None:
+    """Apply the database migrations (serve also does this at start)."""
+    from taskyard.storage.migrate import upgrade
+
+    settings = _settings({"database_url": database_url})
+    asyncio.run(upgrade(settings.database_url))
+    click.echo("database is at the latest schema")
+
+
+@main.command()
+@click.option("--role", "roles", multiple=True, required=True, help="admin, user or service")
+@click.option("--sub", required=True, help="the principal's name")
+@click.option("--ttl", type=float, default=3600.0, show_default=True, help="seconds")
+@click.option("--server-id", default=None, help="bind a service token to one server")
+@click.option("--jwt-secret", envvar="TASKYARD_JWT_SECRET", default=None)
+def token(
+    roles: tuple[str, ...], sub: str, ttl: float, server_id: str | None, jwt_secret: str | None
+) -> None:
+    """Mint a JWT signed with the configured secret."""
+    settings = _settings({"jwt_secret": jwt_secret})
+    click.echo(
+        auth.mint(settings.jwt_secret, sub=sub, roles=list(roles), ttl_s=ttl, server_id=server_id)
+    )
+
+
+@main.command()
+@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None)
+def check(database_url: str | None) -> None:
+    """Exit 0 when the database answers, 1 when it does not."""
+    from taskyard.storage.sql import SqlStore
+
+    settings = _settings({"database_url": database_url})
+
+    async def ping() -> None:
+        store = SqlStore.open(settings.database_url)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        click.echo(f"database: unreachable ({type(exc).__name__})", err=True)
+        sys.exit(1)
+    click.echo("database: OK")
+
+
+@main.command("mock-backend")
+@click.option("--port", type=int, required=True)
+@click.option("--server-id", required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--delay-ms", type=float, default=0.0, show_default=True)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--async", "force_async", is_flag=True, help="always answer 202 and call back")
+@click.option("--seed", type=int, default=None, help="seed for the error injection")
+def mock_backend(
+    port: int,
+    server_id: str,
+    host: str,
+    delay_ms: float,
+    error_rate: float,
+    force_async: bool,
+    seed: int | None,
+) -> None:
+    """Run a mock inference backend (the seed's backend contract, with failure injection)."""
+    from taskyard.mockbackend import MockConfig, run
+
+    config = MockConfig(
+        server_id=server_id,
+        delay_ms=delay_ms,
+        error_rate=error_rate,
+        force_async=force_async,
+        seed=seed,
+    )
+    run(config, host=host, port=port)

@@ -1,0 +1,96 @@
+"""Settings: the only place that reads `TASKYARD_*` environment variables.
+
+Every field is also a CLI flag of `taskyard serve` (see `cli.py`); build `Settings` once at the
+edge (CLI, `create_app`) and pass plain values further down.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32  # characters; HS256 wants at least 256 bits of key
+DEV_SECRET_FILE = Path(".taskyard-dev-secret")
+
+
+class InsecureConfig(ValueError):
+    """The configuration is unsafe for production."""
+
+
+class Settings(BaseSettings):
+    """taskyard's configuration; defaults are the seed's values."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKYARD_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    public_url: str = ""  # base of callback URLs; defaults to http://host:port
+    database_url: str = "sqlite:///./taskyard.db"
+    jwt_secret: str = ""
+
+    # Health monitoring (SPEC §4), seconds.
+    health_timeout_s: float = Field(5.0, gt=0)
+    health_interval_min_s: float = Field(10.0, gt=0)
+    health_interval_max_s: float = Field(60.0, gt=0)
+    health_retries: int = Field(3, ge=0)
+    health_retry_delay_s: float = Field(2.0, ge=0)
+    health_backoff_after: int = Field(5, ge=0)  # successes before the interval grows
+    health_concurrency: int = Field(200, ge=1)  # checks in flight at once, all servers
+    offline_removal_s: float = Field(180.0, gt=0)
+    dispatch_failures_offline: int = Field(2, ge=1)  # consecutive failed predicts → offline
+
+    # Dispatch (SPEC §3).
+    task_timeout_s: float = Field(300.0, gt=0)  # default processing deadline per attempt
+    max_attempts: int = Field(3, ge=1)
+    retry_base_s: float = Field(1.0, ge=0)
+    retry_max_s: float = Field(30.0, ge=0)
+    dispatch_poll_s: float = Field(0.5, gt=0)  # fallback when nothing wakes the dispatcher
+    dispatch_batch: int = Field(256, ge=1)
+
+    # Limits (SPEC §8).
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_backend_response_bytes: int = Field(10_485_760, ge=1024)
+    result_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    chores_interval_s: float = Field(5.0, gt=0)
+    node_timeout_s: float = Field(30.0, gt=0)  # a coordinator unseen this long is dead
+    token_ttl_s: float = Field(3600.0, gt=0)  # `taskyard token` default
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.health_interval_max_s < self.health_interval_min_s:
+            raise ValueError("TASKYARD_HEALTH_INTERVAL_MAX_S must be >= _MIN_S")
+        if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
+            raise InsecureConfig(
+                f"production needs TASKYARD_JWT_SECRET of at least {MIN_SECRET_LENGTH} characters"
+                " (generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    @property
+    def callback_base_url(self) -> str:
+        base = self.public_url or f"http://{self.host}:{self.port}"
+        return base.rstrip("/")
+
+
+def resolve_secret(settings: Settings) -> tuple[Settings, bool]:
+    """Give a development setup a stable secret kept in a local file.
+
+    Returns the settings with a secret and whether one was generated now. Production never
+    reaches the generator: the validator already refused a missing secret.
+    """
+    if settings.jwt_secret:
+        return settings, False
+    created = False
+    if DEV_SECRET_FILE.exists():
+        secret = DEV_SECRET_FILE.read_text().strip()
+    else:
+        secret = secrets.token_urlsafe(48)
+        DEV_SECRET_FILE.write_text(secret + "\n")
+        DEV_SECRET_FILE.chmod(0o600)
+        created = True
+    return settings.model_copy(update={"jwt_secret": secret}), created

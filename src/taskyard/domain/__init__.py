@@ -1,0 +1,1 @@
+"""The domain: task and server rules, dispatch choice, background loops. No HTTP, no SQL."""

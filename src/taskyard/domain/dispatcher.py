@@ -1,0 +1,243 @@
+"""The dispatcher: moves WAITING tasks onto servers, sends them, and records what came back.
+
+One loop per coordinator. Each pass reads the servers with free slots and a batch of due tasks
+(two queries, whatever the batch size), assigns them in memory, claims them with conditional
+updates in one transaction, then sends each claimed attempt concurrently. It also sweeps
+attempts past their deadline. It sleeps until woken (a new task, a freed slot, a server coming
+online) or until the poll interval passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from taskyard import auth
+from taskyard.domain import dispatch, lifecycle
+from taskyard.domain.loops import Wakeable
+from taskyard.domain.models import ErrorCode, Server, ServerStatus, Task, TaskStatus, now_ms
+from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
+from taskyard.storage.base import TaskUpdate
+from taskyard.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+CALLBACK_TOKEN_GRACE_S = 60.0  # a callback token outlives its attempt's deadline by this much
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPolicy:
+    node_id: str
+    callback_base_url: str
+    jwt_secret: str
+    retry_base_s: float = 1.0
+    retry_max_s: float = 30.0
+    poll_s: float = 0.5  # seconds
+    batch: int = 256
+    failures_offline: int = 2  # consecutive failed predicts that take a server out of rotation
+
+
+class Dispatcher(Wakeable):
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        client: BackendClient,
+        policy: DispatchPolicy,
+        on_server_failed: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.client = client
+        self.policy = policy
+        self.rng = rng or random.Random()
+        self._on_server_failed = on_server_failed or (lambda _id: None)
+        self._sending: set[asyncio.Task[None]] = set()
+        self._last_sweep = 0.0
+
+    async def run(self) -> None:
+        await self.repeat("dispatcher", self.step)
+
+    async def close(self, *, grace_s: float = 5.0) -> None:
+        """Stop taking tasks; give sends in flight `grace_s` to finish, then cancel them.
+
+        A cancelled send loses nothing: its task stays PROCESSING in the database until a
+        callback, the deadline sweep or the lost-node recovery moves it on.
+        """
+        self.stop()
+        if self._sending:
+            _, pending = await asyncio.wait(self._sending, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def step(self) -> float:
+        """One pass; returns how long to sleep before the next."""
+        now = now_ms()
+        if now - self._last_sweep >= self.policy.poll_s * 1000:
+            self._last_sweep = now
+            await self.sweep(now)
+        claimed = await self.dispatch_due(now)
+        if claimed:
+            return 0.0  # there may be more: go again at once
+        return await self._idle_pause(now)
+
+    async def _idle_pause(self, now: int) -> float:
+        due = await self.store.next_due_at()
+        if due is not None and due > now:
+            return min(self.policy.poll_s, (due - now) / 1000)
+        return self.policy.poll_s
+
+    async def dispatch_due(self, now: int) -> int:
+        """Assign and send due WAITING tasks; return how many were claimed."""
+        servers = [
+            s
+            for s in await self.store.list_servers()
+            if s.status is ServerStatus.ONLINE and s.free_slots > 0
+        ]
+        free = sum(s.free_slots for s in servers)
+        if free == 0:
+            return 0
+        models = (
+            None if any(not s.models for s in servers) else {m for s in servers for m in s.models}
+        )
+        limit = min(self.policy.batch, free * 2 + 16)
+        waiting = await self.store.waiting_tasks(now=now, limit=limit, models=models)
+        plan = dispatch.assign(waiting, servers, self.rng)
+        if not plan:
+            return 0
+        starts = [
+            lifecycle.start_attempt(
+                a.task,
+                server_id=a.server.id,
+                node_id=self.policy.node_id,
+                callback_url=f"{self.policy.callback_base_url}/api/task/{a.task.id}",
+                now=now,
+            )
+            for a in plan
+        ]
+        won = await self.store.update_tasks([update for update, _ in starts])
+        claimed = 0
+        for ok, (_, task), assignment in zip(won, starts, plan, strict=True):
+            if ok:
+                claimed += 1
+                self._spawn(self._send(task, assignment.server))
+        return claimed
+
+    def _spawn(self, coro: Any) -> None:
+        job = asyncio.get_running_loop().create_task(coro)
+        self._sending.add(job)
+        job.add_done_callback(self._sending.discard)
+
+    async def _send(self, task: Task, server: Server) -> None:
+        token = auth.mint(
+            self.policy.jwt_secret,
+            sub=f"server:{server.id}",
+            roles=[auth.SERVICE],
+            ttl_s=task.timeout_s + CALLBACK_TOKEN_GRACE_S,
+            server_id=server.id,
+            task_id=task.id,
+            attempt=task.attempt,
+        )
+        payload = {
+            "task_id": task.id,
+            "request": task.request,
+            "async": server.is_async,
+            "callback_url": task.callback_url,
+            "callback_token": token,
+            "attempt": task.attempt,
+        }
+        reply = await self.client.predict(server.predict_url, payload, timeout_s=task.timeout_s)
+        try:
+            await self.record_reply(task, server, reply)
+        except Exception:
+            # The task is safe in the database; the deadline sweep will move it on.
+            log.exception("recording the reply failed", extra={"task_id": task.id})
+
+    async def record_reply(self, task: Task, server: Server, reply: PredictReply) -> None:
+        now = now_ms()
+        update: TaskUpdate | None
+        if reply.kind is ReplyKind.OK and reply.body is not None:
+            update = _update_for_result(task, reply.body, now)
+        elif reply.kind is ReplyKind.ACCEPTED:
+            update, _ = lifecycle.acknowledge(task, progress=None, now=now)
+        elif reply.kind is ReplyKind.REJECTED:
+            error = f"rejected by {server.id}: {reply.error}"
+            update, _ = lifecycle.fail(task, error=error, code=ErrorCode.BACKEND_REJECTED, now=now)
+        else:
+            code = ErrorCode.TIMEOUT if reply.kind is ReplyKind.TIMEOUT else ErrorCode.BACKEND_ERROR
+            update, _ = self._retry(task, error=f"{server.id}: {reply.error}", code=code, now=now)
+        if await self.store.update_task(update):
+            self.wake()  # a slot is free, or a task is waiting again
+        await self._passive_health(server, reply)
+
+    def _retry(
+        self, task: Task, *, error: str, code: ErrorCode, now: int
+    ) -> tuple[TaskUpdate, Task]:
+        return lifecycle.retry_or_fail(
+            task,
+            error=error,
+            code=code,
+            now=now,
+            rng=self.rng,
+            retry_base_s=self.policy.retry_base_s,
+            retry_max_s=self.policy.retry_max_s,
+        )
+
+    async def _passive_health(self, server: Server, reply: PredictReply) -> None:
+        """A failing predict counts against the server before its next scheduled check."""
+        if reply.kind in (ReplyKind.OK, ReplyKind.ACCEPTED, ReplyKind.REJECTED):
+            if server.dispatch_failures:
+                await self.store.update_server(server.id, {"dispatch_failures": 0})
+            return
+        fresh = await self.store.get_server(server.id)
+        if fresh is None:
+            return
+        failures = fresh.dispatch_failures + 1
+        values: dict[str, Any] = {"dispatch_failures": failures}
+        if reply.connect_failed or failures >= self.policy.failures_offline:
+            values |= {"status": ServerStatus.OFFLINE, "last_error": reply.error}
+            if fresh.status is not ServerStatus.OFFLINE:
+                values["offline_since"] = now_ms()
+                log.warning("server %s out of rotation after failed dispatch", server.id)
+        await self.store.update_server(server.id, values)
+        if "status" in values:
+            self._on_server_failed(server.id)
+
+    async def sweep(self, now: int) -> None:
+        """Abandon attempts past their deadline; fail tasks past their queue deadline."""
+        updates: list[TaskUpdate] = []
+        for task in await self.store.expired_attempts(now=now, limit=self.policy.batch):
+            error = f"no result from {task.server_id} within {task.timeout_s:g} s"
+            updates.append(self._retry(task, error=error, code=ErrorCode.TIMEOUT, now=now)[0])
+        for task in await self.store.expired_in_queue(now=now, limit=self.policy.batch):
+            updates.append(lifecycle.expire_in_queue(task, now=now))
+        if updates and any(await self.store.update_tasks(updates)):
+            self.wake()
+
+    async def requeue(self, tasks: list[Task], *, error: str, code: ErrorCode) -> None:
+        """Move running attempts back to the queue (their server or coordinator is gone)."""
+        now = now_ms()
+        updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
+        if updates and any(await self.store.update_tasks(updates)):
+            self.wake()
+
+
+def _update_for_result(task: Task, body: dict[str, Any], now: int) -> TaskUpdate:
+    """A 200 from a backend: normally the result, but it may say FAILED or 'still running'."""
+    metadata = body.get("metadata")
+    status = metadata.get("status") if isinstance(metadata, dict) else None
+    if status == TaskStatus.FAILED:
+        message = metadata.get("message") if isinstance(metadata, dict) else None
+        error = str(message or "backend reported FAILED")[:500]
+        return lifecycle.fail(
+            task, error=error, code=ErrorCode.BACKEND_FAILED, now=now, result=body
+        )[0]
+    if status in (TaskStatus.WAITING, TaskStatus.PROCESSING):
+        return lifecycle.acknowledge(task, progress=None, now=now)[0]
+    return lifecycle.finish(task, result=body, now=now)[0]

@@ -1,0 +1,203 @@
+"""Health monitoring: one scheduler for every server, with the seed's adaptive interval.
+
+A heap of (due time, server id) drives all checks from one loop, so the cost is a heap pop per
+check, not a task or thread per server; at most `concurrency` checks run at once. Each check
+reads the server, GETs its health URL (retrying network errors), and writes the new state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from taskyard.domain.loops import Wakeable
+from taskyard.domain.models import Server, ServerStatus, now_ms
+from taskyard.domain.ports import BackendClient, HealthReply
+from taskyard.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 30.0  # seconds between re-reading the server list (servers added elsewhere)
+COLD_START_SPREAD_S = 2.0  # overdue checks found at start are spread over this many seconds
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    timeout_s: float = 5.0
+    interval_min_s: float = 10.0
+    interval_max_s: float = 60.0
+    backoff_after: int = 5  # consecutive successes before the interval grows
+    growth: float = 1.5
+    retries: int = 3  # network errors retried this often before a check counts as failed
+    retry_delay_s: float = 2.0
+    offline_removal_s: float = 180.0
+    concurrency: int = 200
+
+
+def next_state(
+    server: Server, reply: HealthReply, *, now: int, policy: HealthPolicy
+) -> dict[str, Any]:
+    """The server's new health fields after a check (pure)."""
+    if reply.healthy:
+        successes = server.consecutive_successes + 1
+        interval = server.check_interval_s
+        if successes > policy.backoff_after:
+            interval = min(policy.interval_max_s, interval * policy.growth)
+        values: dict[str, Any] = {
+            "consecutive_successes": successes,
+            "consecutive_failures": 0,
+            "dispatch_failures": 0,
+            "last_success_at": now,
+            "offline_since": None,
+            "last_error": None,
+        }
+        if server.status is ServerStatus.OFFLINE:
+            values["status"] = ServerStatus.ONLINE
+    else:
+        interval = policy.interval_min_s
+        values = {
+            "consecutive_successes": 0,
+            "consecutive_failures": server.consecutive_failures + 1,
+            "last_error": reply.detail,
+            "status": ServerStatus.OFFLINE,
+            "offline_since": server.offline_since or now,
+        }
+    interval = max(policy.interval_min_s, min(policy.interval_max_s, interval))
+    values |= {
+        "check_interval_s": interval,
+        "last_check_at": now,
+        "next_check_at": now + int(interval * 1000),
+    }
+    return values
+
+
+class HealthMonitor(Wakeable):
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        client: BackendClient,
+        policy: HealthPolicy,
+        on_online: Callable[[str], None],
+        on_expired: Callable[[str], Awaitable[None]],
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.client = client
+        self.policy = policy
+        self._on_online = on_online
+        self._on_expired = on_expired
+        self._rng = rng or random.Random()
+        self._heap: list[tuple[int, int, str]] = []
+        self._due: dict[str, int] = {}  # server id → its live heap entry's due time
+        self._seq = 0
+        self._slots = asyncio.Semaphore(policy.concurrency)
+        self._checks: set[asyncio.Task[None]] = set()
+        self._next_resync = 0.0
+        self.checks_done = 0
+
+    def schedule(self, server_id: str, at_ms: int | None = None) -> None:
+        """Check `server_id` at `at_ms` (now by default), replacing any earlier plan."""
+        at = now_ms() if at_ms is None else at_ms
+        self._due[server_id] = at
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, server_id))
+        self.wake()
+
+    def forget(self, server_id: str) -> None:
+        self._due.pop(server_id, None)  # its heap entry is skipped when popped
+
+    @property
+    def scheduled(self) -> int:
+        return len(self._due)
+
+    async def run(self) -> None:
+        await self.repeat("health monitor", self.step)
+
+    async def close(self) -> None:
+        self.stop()
+        for check in list(self._checks):
+            check.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
+
+    async def step(self) -> float:
+        now = now_ms()
+        if now >= self._next_resync:
+            self._next_resync = now + RESYNC_S * 1000
+            await self.resync()
+        while self._heap and self._heap[0][0] <= now:
+            due, _, server_id = heapq.heappop(self._heap)
+            if self._due.get(server_id) != due:
+                continue  # superseded or forgotten
+            del self._due[server_id]
+            await self._slots.acquire()
+            job = asyncio.get_running_loop().create_task(self._guarded_check(server_id))
+            self._checks.add(job)
+            job.add_done_callback(self._checks.discard)
+        until_next = (self._heap[0][0] - now) / 1000 if self._heap else RESYNC_S
+        return max(0.0, min(until_next, (self._next_resync - now) / 1000))
+
+    async def resync(self) -> None:
+        """Schedule servers the heap does not know yet (after a start, or added elsewhere)."""
+        now = now_ms()
+        spread_ms = int(min(self.policy.interval_min_s, COLD_START_SPREAD_S) * 1000) + 1
+        for server in await self.store.list_servers():
+            if server.id in self._due or not server.health_url:
+                continue
+            # Spread overdue checks after a start instead of firing them in one burst.
+            self.schedule(
+                server.id, max(server.next_check_at, now + self._rng.randrange(spread_ms))
+            )
+
+    async def _guarded_check(self, server_id: str) -> None:
+        try:
+            await self.check(server_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("health check of %s failed", server_id)
+            self.schedule(server_id, now_ms() + int(self.policy.interval_min_s * 1000))
+        finally:
+            self._slots.release()
+
+    async def check(self, server_id: str) -> None:
+        """Check one server now and record the outcome."""
+        server = await self.store.get_server(server_id)
+        if server is None or not server.health_url:
+            self.forget(server_id)
+            return
+        reply = await self._probe(server.health_url)
+        now = now_ms()
+        values = next_state(server, reply, now=now, policy=self.policy)
+        self.checks_done += 1
+        offline_since = values.get("offline_since")
+        if offline_since and now - offline_since > self.policy.offline_removal_s * 1000:
+            log.warning(
+                "removing %s: offline for over %g s", server_id, self.policy.offline_removal_s
+            )
+            self.forget(server_id)
+            await self._on_expired(server_id)
+            return
+        if not await self.store.update_server(server_id, values):
+            self.forget(server_id)  # deleted while we checked
+            return
+        if server_id not in self._due:  # a fresh registration may have rescheduled it
+            self.schedule(server_id, values["next_check_at"])
+        if values.get("status") is ServerStatus.ONLINE:
+            log.info("server %s is online", server_id)
+            self._on_online(server_id)
+
+    async def _probe(self, url: str) -> HealthReply:
+        reply = await self.client.health(url, timeout_s=self.policy.timeout_s)
+        for _ in range(self.policy.retries):
+            if reply.healthy or not reply.network_error or self.stopping:
+                break
+            await asyncio.sleep(self.policy.retry_delay_s)
+            reply = await self.client.health(url, timeout_s=self.policy.timeout_s)
+        return reply

@@ -1,0 +1,157 @@
+"""A task's state changes, as conditional updates. Pure: no I/O, time and randomness passed in.
+
+Each function takes the task as last read and returns a `TaskUpdate` that applies only if the
+task is still in that state, so a stale actor's write matches nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from taskyard.domain.dispatch import retry_delay_s
+from taskyard.domain.models import AttemptRecord, ErrorCode, Task, TaskStatus
+from taskyard.storage.base import TaskUpdate
+
+RUNNING = (TaskStatus.PROCESSING,)
+OPEN = (TaskStatus.WAITING, TaskStatus.PROCESSING)
+
+
+def start_attempt(
+    task: Task, *, server_id: str, node_id: str, callback_url: str, now: int
+) -> tuple[TaskUpdate, Task]:
+    """WAITING → PROCESSING on `server_id`; returns the update and the task as it will be."""
+    number = task.attempt + 1
+    values: dict[str, Any] = {
+        "status": TaskStatus.PROCESSING,
+        "server_id": server_id,
+        "attempt": number,
+        "node_id": node_id,
+        "acked": False,
+        "deadline_at": now + int(task.timeout_s * 1000),
+        "started_at": task.started_at or now,
+        "callback_url": callback_url,
+        "updated_at": now,
+        "attempts": (*task.attempts, AttemptRecord(number, server_id, now)),
+    }
+    update = TaskUpdate(
+        task.id, values, expect_status=(TaskStatus.WAITING,), expect_attempt=task.attempt
+    )
+    return update, _evolve(task, values)
+
+
+def finish(task: Task, *, result: Any, now: int) -> tuple[TaskUpdate, Task]:
+    """The running attempt returned a result: FINISHED."""
+    values = _close(task, now=now) | {
+        "status": TaskStatus.FINISHED,
+        "result": result,
+        "progress": 100.0,
+        "finished_at": now,
+    }
+    return _on_attempt(task, values), _evolve(task, values)
+
+
+def fail(
+    task: Task, *, error: str, code: ErrorCode, now: int, result: Any = None
+) -> tuple[TaskUpdate, Task]:
+    """The running attempt failed for good: FAILED, no retry."""
+    values = _close(task, now=now, error=error, code=code) | {
+        "status": TaskStatus.FAILED,
+        "error": error,
+        "error_code": code.value,
+        "finished_at": now,
+    }
+    if result is not None:
+        values["result"] = result
+    return _on_attempt(task, values), _evolve(task, values)
+
+
+def retry_or_fail(
+    task: Task,
+    *,
+    error: str,
+    code: ErrorCode,
+    now: int,
+    rng: random.Random,
+    retry_base_s: float,
+    retry_max_s: float,
+) -> tuple[TaskUpdate, Task]:
+    """The running attempt failed: back to WAITING after a backoff, or FAILED when out of tries."""
+    if task.attempt >= task.max_attempts:
+        summary = f"{error} (after {task.attempt} attempts)"
+        return fail(task, error=summary, code=code, now=now)
+    delay = retry_delay_s(task.attempt, base_s=retry_base_s, max_s=retry_max_s, rng=rng)
+    values = _close(task, now=now, error=error, code=code) | {
+        "status": TaskStatus.WAITING,
+        "server_id": None,
+        "node_id": None,
+        "deadline_at": None,
+        "next_attempt_at": now + int(delay * 1000),
+    }
+    return _on_attempt(task, values), _evolve(task, values)
+
+
+def acknowledge(task: Task, *, progress: float | None, now: int) -> tuple[TaskUpdate, Task]:
+    """The backend took the attempt (202) or reported progress; it will call back."""
+    values: dict[str, Any] = {"acked": True, "updated_at": now}
+    if progress is not None:
+        values["progress"] = progress
+    return _on_attempt(task, values), _evolve(task, values)
+
+
+def expire_in_queue(task: Task, *, now: int) -> TaskUpdate:
+    """Still WAITING at its queue deadline: FAILED with no_capacity_deadline."""
+    return TaskUpdate(
+        task.id,
+        {
+            "status": TaskStatus.FAILED,
+            "error": "no server took the task before its queue deadline",
+            "error_code": ErrorCode.NO_CAPACITY_DEADLINE.value,
+            "finished_at": now,
+            "updated_at": now,
+        },
+        expect_status=(TaskStatus.WAITING,),
+        expect_attempt=task.attempt,
+    )
+
+
+def cancel(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
+    values: dict[str, Any] = {
+        "status": TaskStatus.CANCELLED,
+        "finished_at": now,
+        "updated_at": now,
+        "deadline_at": None,
+    }
+    if task.status is TaskStatus.PROCESSING:
+        values |= _close(task, now=now, error="cancelled", code=None)
+    update = TaskUpdate(task.id, values, expect_status=OPEN, expect_attempt=task.attempt)
+    return update, _evolve(task, values)
+
+
+def _on_attempt(task: Task, values: dict[str, Any]) -> TaskUpdate:
+    """Condition an update on the task still running this very attempt on this server."""
+    return TaskUpdate(
+        task.id,
+        values,
+        expect_status=RUNNING,
+        expect_attempt=task.attempt,
+        expect_server=task.server_id,
+    )
+
+
+def _close(
+    task: Task, *, now: int, error: str | None = None, code: ErrorCode | None = None
+) -> dict[str, Any]:
+    """Mark the current attempt as ended in the task's attempt history."""
+    attempts = list(task.attempts)
+    if attempts and attempts[-1].number == task.attempt and attempts[-1].ended_at is None:
+        attempts[-1] = replace(
+            attempts[-1], ended_at=now, error=error, error_code=code.value if code else None
+        )
+    return {"attempts": tuple(attempts), "updated_at": now, "deadline_at": None}
+
+
+def _evolve(task: Task, values: dict[str, Any]) -> Task:
+    fields = {k: v for k, v in values.items() if k not in ("node_id", "acked")}
+    return replace(task, **fields)

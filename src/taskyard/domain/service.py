@@ -1,0 +1,308 @@
+"""`Coordinator`: the one facade the API and CLI use. It owns the background loops.
+
+Reads and writes go to the database (the only source of truth); the loops keep no state that a
+restart would lose. Authorization rules that depend on a task's state (who may report on it)
+live here, next to the state they depend on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from taskyard import auth, errors
+from taskyard.domain import lifecycle, registry
+from taskyard.domain.chores import Chores
+from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
+from taskyard.domain.health import HealthMonitor, HealthPolicy
+from taskyard.domain.models import (
+    JSON,
+    ErrorCode,
+    Server,
+    Task,
+    TaskOptions,
+    TaskStatus,
+    now_ms,
+)
+from taskyard.domain.ports import BackendClient
+from taskyard.storage.base import TaskUpdate
+from taskyard.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+SERVER_TOKEN_TTL_S = 365 * 24 * 3600.0  # the token a backend gets at registration
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A backend's (or an admin's) report on a task: the seed's TaskResult."""
+
+    status: TaskStatus
+    body: JSON
+    server_id: str | None = None
+    progress: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    jwt_secret: str
+    callback_base_url: str
+    task_timeout_s: float = 300.0
+    max_attempts: int = 3
+    dispatch: DispatchPolicy | None = None
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    result_retention_s: float = 7 * 24 * 3600.0
+    chores_interval_s: float = 5.0
+    node_timeout_s: float = 30.0
+
+
+class Coordinator:
+    def __init__(
+        self, *, store: SqlStore, client: BackendClient, config: CoordinatorConfig
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.rng = random.Random()
+        policy = config.dispatch or DispatchPolicy(
+            node_id=self.new_node_id(),
+            callback_base_url=config.callback_base_url,
+            jwt_secret=config.jwt_secret,
+        )
+        self.node_id = policy.node_id
+        self.dispatcher = Dispatcher(store=store, client=client, policy=policy, rng=self.rng)
+        self.health = HealthMonitor(
+            store=store,
+            client=client,
+            policy=config.health,
+            on_online=lambda _id: self.dispatcher.wake(),
+            on_expired=self._remove_expired,
+        )
+        self.chores = Chores(self)
+        self._loops: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    def new_node_id() -> str:
+        """A fresh identity for this coordinator process (host name + random suffix)."""
+        return f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:12]}"
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register this node and start the dispatcher, health monitor and chores."""
+        await self.store.touch_node(node_id=self.node_id, host=socket.gethostname(), now=now_ms())
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self.dispatcher.run(), name="dispatcher"),
+            loop.create_task(self.health.run(), name="health"),
+            loop.create_task(self.chores.run(), name="chores"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops in stages: no new work, then in-flight sends, then the rest."""
+        self.chores.stop()
+        await self.dispatcher.close()
+        await self.health.close()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        await self.store.delete_nodes([self.node_id])
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def create_task(self, *, owner: str, request: JSON, options: TaskOptions) -> Task:
+        """Store a new WAITING task durably and wake the dispatcher; never waits for dispatch."""
+        now = now_ms()
+        task = Task(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            model=str(request["model"]),
+            request=request,
+            status=TaskStatus.WAITING,
+            priority=options.priority,
+            attempt=0,
+            max_attempts=options.max_attempts or self.config.max_attempts,
+            timeout_s=options.timeout_s or self.config.task_timeout_s,
+            created_at=now,
+            updated_at=now,
+            queue_deadline_at=(
+                now + int(options.queue_timeout_s * 1000) if options.queue_timeout_s else None
+            ),
+        )
+        await self.store.add_task(task)
+        self.dispatcher.wake()
+        return task
+
+    async def get_task(self, task_id: str, *, principal: auth.Principal) -> Task:
+        """A task as its owner or an admin (or its backend) may see it; others get 404."""
+        task = await self.store.get_task(task_id)
+        if task is None or not _may_read(principal, task):
+            raise errors.TaskNotFound(task_id)
+        return task
+
+    async def cancel_task(self, task_id: str, *, principal: auth.Principal) -> Task:
+        task = await self.get_task(task_id, principal=principal)
+        if task.status.is_final:
+            raise errors.TaskFinal(f"Task {task_id} is already {task.status}")
+        update, cancelled = lifecycle.cancel(task, now=now_ms())
+        if not await self.store.update_task(update):
+            raise errors.Conflict(f"Task {task_id} changed meanwhile; read it and try again")
+        self.dispatcher.wake()
+        return cancelled
+
+    async def report(self, task_id: str, report: Report, *, principal: auth.Principal) -> Task:
+        """Record a backend's progress or result (PUT /api/task/{id})."""
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise errors.TaskNotFound(task_id)
+        expect_server, expect_attempt = _reporter_claim(principal, task_id, report)
+        if task.status.is_final:
+            raise errors.TaskFinal(f"Task {task_id} is already {task.status}; report ignored")
+        if not principal.is_admin:
+            if task.status is not TaskStatus.PROCESSING or task.server_id != expect_server:
+                raise errors.StaleReport(
+                    f"Server {expect_server} does not hold task {task_id}; report ignored"
+                )
+            if expect_attempt is not None and expect_attempt != task.attempt:
+                raise errors.StaleReport(
+                    f"Attempt {expect_attempt} of task {task_id} was superseded; report ignored"
+                )
+        update, updated = _apply_report(task, report, now=now_ms())
+        if not await self.store.update_task(update):
+            raise errors.StaleReport(f"Task {task_id} changed meanwhile; report ignored")
+        if updated.status is not TaskStatus.PROCESSING:
+            self.dispatcher.wake()
+        return updated
+
+    # ---- servers -----------------------------------------------------------------------
+
+    async def register_server(self, reg: registry.Registration) -> tuple[Server, str]:
+        """Register or replace a server; check its health at once. Returns it and its token."""
+        server = registry.new_server(
+            reg, now=now_ms(), interval_s=self.config.health.interval_min_s
+        )
+        await self.store.put_server(server)
+        if server.health_url:
+            self.health.schedule(server.id)
+        else:
+            self.health.forget(server.id)
+            self.dispatcher.wake()
+        token = auth.mint(
+            self.config.jwt_secret,
+            sub=f"server:{server.id}",
+            roles=[auth.SERVICE],
+            ttl_s=SERVER_TOKEN_TTL_S,
+            server_id=server.id,
+        )
+        return server, token
+
+    async def list_servers(self) -> list[Server]:
+        return await self.store.list_servers()
+
+    async def get_server(self, server_id: str) -> Server:
+        server = await self.store.get_server(server_id)
+        if server is None:
+            raise errors.ServerNotFound(server_id)
+        return server
+
+    async def heartbeat(
+        self, server_id: str, *, principal: auth.Principal, load: JSON | None
+    ) -> Server:
+        if not principal.is_admin and principal.server_id not in (None, server_id):
+            raise errors.Forbidden(f"This token may not send heartbeats for {server_id}")
+        server = await self.get_server(server_id)
+        values = registry.heartbeat_values(server, now=now_ms(), load=load)
+        if not await self.store.update_server(server_id, values):
+            raise errors.ServerNotFound(server_id)
+        if "status" in values:
+            self.dispatcher.wake()
+        return await self.get_server(server_id)
+
+    async def delete_server(self, server_id: str) -> None:
+        if not await self.remove_servers([server_id], reason="deleted by an admin"):
+            raise errors.ServerNotFound(server_id)
+
+    async def cleanup(self, *, max_age_s: float) -> list[str]:
+        """Remove servers with no sign of life for `max_age_s`."""
+        now = now_ms()
+        stale = [
+            s.id
+            for s in await self.store.list_servers()
+            if registry.is_stale(s, now=now, max_age_ms=int(max_age_s * 1000))
+        ]
+        return await self.remove_servers(stale, reason="stale: no heartbeat")
+
+    async def remove_servers(self, server_ids: list[str], *, reason: str) -> list[str]:
+        """Delete servers, stop checking them and re-queue the tasks they were running."""
+        removed = await self.store.delete_servers(server_ids)
+        for server_id in removed:
+            self.health.forget(server_id)
+        if removed:
+            running = await self.store.processing_on(removed)
+            await self.dispatcher.requeue(
+                running, error=f"server removed ({reason})", code=ErrorCode.SERVER_REMOVED
+            )
+            log.info("removed servers %s (%s)", removed, reason)
+        return removed
+
+    async def _remove_expired(self, server_id: str) -> None:
+        await self.remove_servers([server_id], reason="offline too long")
+
+
+def _may_read(principal: auth.Principal, task: Task) -> bool:
+    if principal.is_admin or task.owner == principal.sub:
+        return True
+    # A backend may read the task it is running.
+    return (
+        principal.is_service
+        and principal.server_id is not None
+        and (principal.server_id == task.server_id)
+    )
+
+
+def _reporter_claim(
+    principal: auth.Principal, task_id: str, report: Report
+) -> tuple[str | None, int | None]:
+    """Which server (and attempt) this caller speaks for; raise if it may not report at all."""
+    if principal.is_admin:
+        return None, None
+    if not principal.is_service:
+        raise errors.Forbidden("Only an admin or the task's backend may report on a task")
+    if principal.task_id is not None:  # a callback token: bound to one attempt
+        if principal.task_id != task_id:
+            raise errors.Forbidden("This callback token belongs to another task")
+        return principal.server_id, principal.attempt
+    if principal.server_id is not None:  # a server token from registration
+        return principal.server_id, None
+    if not report.server_id:  # a seed-style service token: the body names the server
+        raise errors.Forbidden("A service token without a server needs metadata.server_id")
+    return report.server_id, None
+
+
+def _apply_report(task: Task, report: Report, *, now: int) -> tuple[TaskUpdate, Task]:
+    if report.status is TaskStatus.FINISHED:
+        update, updated = lifecycle.finish(task, result=report.body, now=now)
+    elif report.status is TaskStatus.FAILED:
+        error = (report.message or "backend reported FAILED")[:500]
+        update, updated = lifecycle.fail(
+            task, error=error, code=ErrorCode.BACKEND_FAILED, now=now, result=report.body
+        )
+    else:
+        update, updated = lifecycle.acknowledge(task, progress=report.progress, now=now)
+    if task.status is TaskStatus.WAITING:
+        # Only an admin gets here: it may settle a task that is not running.
+        update = TaskUpdate(
+            update.task_id,
+            update.values,
+            expect_status=(TaskStatus.WAITING,),
+            expect_attempt=task.attempt,
+        )
+    return update, updated
+
+
+__all__ = ["Coordinator", "CoordinatorConfig", "Report"]

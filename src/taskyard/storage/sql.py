@@ -1,0 +1,428 @@
+"""`SqlStore`: the storage for SQLite and PostgreSQL. Dialect differences live here only."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import orjson
+from sqlalchemy import Row, delete, event, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from taskyard.domain.models import (
+    AttemptRecord,
+    Server,
+    ServerStatus,
+    Task,
+    TaskStatus,
+)
+from taskyard.storage.base import TaskUpdate
+from taskyard.storage.batcher import GroupCommitter
+from taskyard.storage.tables import nodes, servers, tasks
+
+_JSON_TASK_FIELDS = ("request", "result")
+
+
+def async_url(url: str) -> str:
+    """Pick the async driver for a plain database URL (`sqlite:///…`, `postgresql://…`)."""
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    backend = parsed.get_backend_name()
+    if backend not in driver:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+    if parsed.drivername == backend or parsed.drivername in ("postgres",):
+        parsed = parsed.set(drivername=driver[backend])
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    url = async_url(url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class SqlStore:
+    """Tasks, servers and nodes in one SQL database. Writes go through group commit."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.writes = GroupCommitter(engine)
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def open(cls, url: str) -> SqlStore:
+        return cls(create_engine(url))
+
+    async def close(self) -> None:
+        await self.writes.close()
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def add_task(self, task: Task) -> None:
+        row = _task_row(task)
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert(tasks), row)
+
+        await self.writes.run(op)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        return _task_from_row(row) if row else None
+
+    async def waiting_tasks(
+        self, *, now: int, limit: int, models: Collection[str] | None = None
+    ) -> list[Task]:
+        """WAITING tasks due now, by priority then FIFO; only `models` when given."""
+        query = (
+            select(tasks)
+            .where(tasks.c.status == TaskStatus.WAITING, tasks.c.next_attempt_at <= now)
+            .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+            .limit(limit)
+        )
+        if models is not None:
+            query = query.where(tasks.c.model.in_(list(models)))
+        return await self._tasks(query)
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest WAITING task becomes due (retry backoff), if any."""
+        query = select(func.min(tasks.c.next_attempt_at)).where(
+            tasks.c.status == TaskStatus.WAITING
+        )
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return int(value) if value is not None else None
+
+    async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
+        query = (
+            select(tasks)
+            .where(tasks.c.status == TaskStatus.PROCESSING, tasks.c.deadline_at < now)
+            .limit(limit)
+        )
+        return await self._tasks(query)
+
+    async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]:
+        query = (
+            select(tasks)
+            .where(tasks.c.status == TaskStatus.WAITING, tasks.c.queue_deadline_at < now)
+            .limit(limit)
+        )
+        return await self._tasks(query)
+
+    async def processing_on(self, server_ids: Iterable[str]) -> list[Task]:
+        query = select(tasks).where(
+            tasks.c.status == TaskStatus.PROCESSING, tasks.c.server_id.in_(list(server_ids))
+        )
+        return await self._tasks(query)
+
+    async def unacked_attempts(self, *, node_ids: Iterable[str]) -> list[Task]:
+        """Attempts sent by these coordinators that no backend answered yet."""
+        query = select(tasks).where(
+            tasks.c.status == TaskStatus.PROCESSING,
+            tasks.c.acked.is_(False),
+            tasks.c.node_id.in_(list(node_ids)),
+        )
+        return await self._tasks(query)
+
+    async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
+        """Apply conditional updates in one transaction; each reports whether it matched."""
+        if not updates:
+            return []
+
+        async def op(conn: AsyncConnection) -> list[bool]:
+            return [await _apply(conn, u) for u in updates]
+
+        return await self.writes.run(op)
+
+    async def update_task(self, change: TaskUpdate) -> bool:
+        return (await self.update_tasks([change]))[0]
+
+    async def purge_tasks(self, *, finished_before: int) -> int:
+        async def op(conn: AsyncConnection) -> int:
+            result = await conn.execute(
+                delete(tasks).where(
+                    tasks.c.finished_at < finished_before,
+                    tasks.c.status.in_([s.value for s in _FINAL]),
+                )
+            )
+            return result.rowcount
+
+        return await self.writes.run(op)
+
+    async def count_tasks(self) -> dict[str, int]:
+        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        async with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in await conn.execute(query)}
+
+    async def _tasks(self, query: Any) -> list[Task]:
+        async with self.engine.connect() as conn:
+            return [_task_from_row(row) for row in await conn.execute(query)]
+
+    # ---- servers -----------------------------------------------------------------------
+
+    async def put_server(self, server: Server) -> None:
+        """Insert or replace a server registration."""
+        row = _server_row(server)
+        stmt = (pg_insert if self.is_postgres else sqlite_insert)(servers).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[servers.c.id], set_={k: stmt.excluded[k] for k in row if k != "id"}
+        )
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(stmt)
+
+        await self.writes.run(op)
+
+    async def get_server(self, server_id: str) -> Server | None:
+        found = await self._servers(servers.c.id == server_id)
+        return found[0] if found else None
+
+    async def list_servers(self) -> list[Server]:
+        return await self._servers(None)
+
+    async def in_flight_counts(self) -> dict[str, int]:
+        query = (
+            select(tasks.c.server_id, func.count())
+            .where(tasks.c.status == TaskStatus.PROCESSING)
+            .group_by(tasks.c.server_id)
+        )
+        async with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in await conn.execute(query)}
+
+    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool:
+        row = _server_values(values)
+
+        async def op(conn: AsyncConnection) -> bool:
+            result = await conn.execute(
+                update(servers).where(servers.c.id == server_id).values(row)
+            )
+            return result.rowcount > 0
+
+        return await self.writes.run(op)
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
+        """Delete servers; return the ids that existed."""
+        ids = list(server_ids)
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            result = await conn.execute(
+                delete(servers).where(servers.c.id.in_(ids)).returning(servers.c.id)
+            )
+            return [row[0] for row in result]
+
+        return await self.writes.run(op) if ids else []
+
+    async def _servers(self, where: Any) -> list[Server]:
+        query = select(servers).order_by(servers.c.id)
+        if where is not None:
+            query = query.where(where)
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        counts = await self.in_flight_counts() if rows else {}
+        return [_server_from_row(row, counts.get(row.id, 0)) for row in rows]
+
+    # ---- nodes -------------------------------------------------------------------------
+
+    async def touch_node(self, *, node_id: str, host: str, now: int) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            result = await conn.execute(
+                update(nodes).where(nodes.c.id == node_id).values(last_seen_at=now)
+            )
+            if result.rowcount == 0:
+                await conn.execute(
+                    insert(nodes).values(id=node_id, host=host, started_at=now, last_seen_at=now)
+                )
+
+        await self.writes.run(op)
+
+    async def dead_nodes(self, *, seen_before: int) -> list[str]:
+        query = select(nodes.c.id).where(nodes.c.last_seen_at < seen_before)
+        async with self.engine.connect() as conn:
+            return [row[0] for row in await conn.execute(query)]
+
+    async def delete_nodes(self, node_ids: Collection[str]) -> None:
+        ids = list(node_ids)
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(delete(nodes).where(nodes.c.id.in_(ids)))
+
+        if ids:
+            await self.writes.run(op)
+
+
+_FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+async def _apply(conn: AsyncConnection, change: TaskUpdate) -> bool:
+    stmt = update(tasks).where(tasks.c.id == change.task_id)
+    if change.expect_status is not None:
+        stmt = stmt.where(tasks.c.status.in_([s.value for s in change.expect_status]))
+    if change.expect_attempt is not None:
+        stmt = stmt.where(tasks.c.attempt == change.expect_attempt)
+    if change.expect_server is not None:
+        stmt = stmt.where(tasks.c.server_id == change.expect_server)
+    result = await conn.execute(stmt.values(_task_values(change.values)))
+    return result.rowcount > 0
+
+
+def _task_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    row = dict(values)
+    for key in _JSON_TASK_FIELDS:
+        if key in row and row[key] is not None:
+            row[key] = _dumps(row[key])
+    if "attempts" in row:
+        row["attempts"] = _dumps([a.to_json() for a in row["attempts"]])
+    return row
+
+
+def _task_row(task: Task) -> dict[str, Any]:
+    return _task_values(
+        {
+            "id": task.id,
+            "owner": task.owner,
+            "model": task.model,
+            "request": task.request,
+            "status": task.status.value,
+            "priority": task.priority,
+            "attempt": task.attempt,
+            "max_attempts": task.max_attempts,
+            "timeout_s": task.timeout_s,
+            "server_id": task.server_id,
+            "result": task.result,
+            "progress": task.progress,
+            "error": task.error,
+            "error_code": task.error_code,
+            "callback_url": task.callback_url,
+            "attempts": task.attempts,
+            "created_at": task.created_at,
+            "updated_at": task.updated_at,
+            "started_at": task.started_at,
+            "finished_at": task.finished_at,
+            "deadline_at": task.deadline_at,
+            "next_attempt_at": task.next_attempt_at,
+            "queue_deadline_at": task.queue_deadline_at,
+        }
+    )
+
+
+def _task_from_row(row: Row[Any]) -> Task:
+    return Task(
+        id=row.id,
+        owner=row.owner,
+        model=row.model,
+        request=orjson.loads(row.request),
+        status=TaskStatus(row.status),
+        priority=row.priority,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        timeout_s=row.timeout_s,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        server_id=row.server_id,
+        result=orjson.loads(row.result) if row.result is not None else None,
+        progress=row.progress,
+        error=row.error,
+        error_code=row.error_code,
+        callback_url=row.callback_url,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        deadline_at=row.deadline_at,
+        next_attempt_at=row.next_attempt_at,
+        queue_deadline_at=row.queue_deadline_at,
+        attempts=tuple(AttemptRecord.from_json(a) for a in orjson.loads(row.attempts)),
+    )
+
+
+def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    row = dict(values)
+    for key in ("models", "extra", "reported_load"):
+        if key in row and row[key] is not None:
+            row[key] = _dumps(list(row[key]) if key == "models" else row[key])
+    if "status" in row:
+        row["status"] = ServerStatus(row["status"]).value
+    return row
+
+
+def _server_row(server: Server) -> dict[str, Any]:
+    return _server_values(
+        {
+            "id": server.id,
+            "name": server.name,
+            "provider": server.provider,
+            "predict_url": server.predict_url,
+            "health_url": server.health_url,
+            "is_async": server.is_async,
+            "callback": server.callback,
+            "max_concurrency": server.max_concurrency,
+            "models": server.models,
+            "weight": server.weight,
+            "extra": server.extra,
+            "status": server.status,
+            "registered_at": server.registered_at,
+            "last_heartbeat": server.last_heartbeat,
+            "last_check_at": server.last_check_at,
+            "last_success_at": server.last_success_at,
+            "offline_since": server.offline_since,
+            "consecutive_successes": server.consecutive_successes,
+            "consecutive_failures": server.consecutive_failures,
+            "dispatch_failures": server.dispatch_failures,
+            "check_interval_s": server.check_interval_s,
+            "next_check_at": server.next_check_at,
+            "last_error": server.last_error,
+            "reported_load": server.reported_load,
+        }
+    )
+
+
+def _server_from_row(row: Row[Any], in_flight: int) -> Server:
+    return Server(
+        id=row.id,
+        name=row.name,
+        provider=row.provider,
+        predict_url=row.predict_url,
+        health_url=row.health_url,
+        is_async=row.is_async,
+        callback=row.callback,
+        max_concurrency=row.max_concurrency,
+        models=tuple(orjson.loads(row.models)),
+        weight=row.weight,
+        extra=orjson.loads(row.extra),
+        status=ServerStatus(row.status),
+        registered_at=row.registered_at,
+        last_heartbeat=row.last_heartbeat,
+        last_check_at=row.last_check_at,
+        last_success_at=row.last_success_at,
+        offline_since=row.offline_since,
+        consecutive_successes=row.consecutive_successes,
+        consecutive_failures=row.consecutive_failures,
+        dispatch_failures=row.dispatch_failures,
+        check_interval_s=row.check_interval_s,
+        next_check_at=row.next_check_at,
+        last_error=row.last_error,
+        reported_load=orjson.loads(row.reported_load) if row.reported_load else None,
+        in_flight=in_flight,
+    )

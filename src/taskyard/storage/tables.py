@@ -1,0 +1,97 @@
+"""SQLAlchemy Core tables: the schema, and Alembic's target. Times are epoch milliseconds."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+metadata = MetaData()
+
+ID = String(128)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("owner", String(256), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("request", Text, nullable=False),  # JSON text
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout_s", Float, nullable=False),
+    Column("server_id", ID, nullable=True),
+    Column("node_id", String(64), nullable=True),  # coordinator that sent the current attempt
+    Column("acked", Boolean, nullable=False, server_default=false()),  # backend answered the send
+    Column("result", Text, nullable=True),  # JSON text
+    Column("progress", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("callback_url", Text, nullable=True),
+    Column("attempts", Text, nullable=False, server_default="[]"),  # JSON list of attempts
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("deadline_at", BigInteger, nullable=True),
+    Column("next_attempt_at", BigInteger, nullable=False, server_default="0"),
+    Column("queue_deadline_at", BigInteger, nullable=True),
+    # The dispatcher's query: WAITING tasks by priority, then FIFO.
+    Index("ix_tasks_queue", "status", "priority", "created_at"),
+    # In-flight counts per server, and re-queueing a removed server's tasks.
+    Index("ix_tasks_server", "server_id", "status"),
+    # The deadline sweep.
+    Index("ix_tasks_deadline", "status", "deadline_at"),
+    Index("ix_tasks_finished", "finished_at"),
+)
+
+servers = Table(
+    "servers",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("provider", String(256), nullable=False),
+    Column("predict_url", String(2048), nullable=False),
+    Column("health_url", String(2048), nullable=True),
+    Column("is_async", Boolean, nullable=False),
+    Column("callback", Boolean, nullable=False),
+    Column("max_concurrency", Integer, nullable=False),
+    Column("models", Text, nullable=False),  # JSON list
+    Column("weight", Float, nullable=False),
+    Column("extra", Text, nullable=False, server_default="{}"),  # other registration fields
+    Column("status", String(16), nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+    Column("last_heartbeat", BigInteger, nullable=True),
+    Column("last_check_at", BigInteger, nullable=True),
+    Column("last_success_at", BigInteger, nullable=True),
+    Column("offline_since", BigInteger, nullable=True),
+    Column("consecutive_successes", Integer, nullable=False, server_default="0"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("dispatch_failures", Integer, nullable=False, server_default="0"),
+    Column("check_interval_s", Float, nullable=False),
+    Column("next_check_at", BigInteger, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("reported_load", Text, nullable=True),  # JSON from the last heartbeat
+    Index("ix_servers_status", "status"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("host", String(256), nullable=False),
+)

@@ -1,0 +1,212 @@
+"""Test helpers: real taskyard and mock-backend processes on 127.0.0.1, and polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+SECRET = "test-secret-" + "x" * 40
+REPO = Path(__file__).resolve().parent.parent
+
+# Short intervals so the loops act within a test's patience.
+FAST_ENV = {
+    "TASKYARD_HEALTH_TIMEOUT_S": "1",
+    "TASKYARD_HEALTH_INTERVAL_MIN_S": "0.2",
+    "TASKYARD_HEALTH_INTERVAL_MAX_S": "1",
+    "TASKYARD_HEALTH_RETRIES": "1",
+    "TASKYARD_HEALTH_RETRY_DELAY_S": "0.1",
+    "TASKYARD_RETRY_BASE_S": "0.05",
+    "TASKYARD_RETRY_MAX_S": "0.2",
+    "TASKYARD_DISPATCH_POLL_S": "0.1",
+    "TASKYARD_CHORES_INTERVAL_S": "0.3",
+    "TASKYARD_NODE_TIMEOUT_S": "2",
+    "TASKYARD_TASK_TIMEOUT_S": "10",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+    env.update(extra)
+    return env
+
+
+def wait_for(
+    check: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll `check` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+def token(roles: list[str], sub: str = "alice", *, secret: str = SECRET, **claims: Any) -> str:
+    payload = {"sub": sub, "roles": roles, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+class Proc:
+    """A child process serving HTTP on 127.0.0.1:port."""
+
+    def __init__(self, args: list[str], *, port: int, env: dict[str, str], log: Path) -> None:
+        self.args, self.port, self.env, self.log = args, port, env, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str = "/", timeout: float = 30.0) -> Proc:
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.log.parent
+            )
+
+        def ready() -> bool:
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.args} exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(self.url + ready_path, timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=timeout, interval=0.1, what=f"{self.args[2:4]} to listen")
+        return self
+
+    def kill9(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+class Taskyard(Proc):
+    """A taskyard coordinator process, with clients for each role."""
+
+    def __init__(self, *, database_url: str, workdir: Path, env: dict[str, str]) -> None:
+        port = free_port()
+        full_env = clean_env(
+            TASKYARD_JWT_SECRET=SECRET,
+            TASKYARD_DATABASE_URL=database_url,
+            TASKYARD_PORT=str(port),
+            **{**FAST_ENV, **env},
+        )
+        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", "warning"]
+        super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
+        self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
+
+    def client(self, roles: list[str], sub: str = "alice", **claims: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=bearer(token(roles, sub, **claims)))
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = self.admin.get(f"/api/task/{task_id}")
+        assert response.status_code == 200, response.text
+        details: dict[str, Any] = response.json()["taskDetails"]
+        return details
+
+    def wait_status(self, task_id: str, *statuses: str, timeout: float = 15.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            task = self.task(task_id)
+            return task if task["status"] in statuses else None
+
+        result: dict[str, Any] = wait_for(reached, timeout=timeout, what=f"{task_id} {statuses}")
+        return result
+
+    def server(self, server_id: str) -> dict[str, Any] | None:
+        response = self.admin.get(f"/api/servers/{server_id}")
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+        body = {
+            "id": backend.server_id,
+            "endpoints": {"predict": backend.url + "/predict", "health": backend.url + "/health"},
+            "provider": "test",
+            "name": backend.server_id,
+            "max_concurrency": 4,
+            **fields,
+        }
+        response = self.admin.post("/api/servers", json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+        result = self.register(backend, **fields)
+        wait_for(
+            lambda: (self.server(backend.server_id) or {}).get("status") == "online",
+            what=f"{backend.server_id} online",
+        )
+        return result
+
+    def submit(self, request: dict[str, Any] | None = None, **params: Any) -> str:
+        response = self.admin.post("/api/task", json=request or {"model": "m"}, params=params)
+        assert response.status_code == 200, response.text
+        task_id: str = response.json()["taskId"]
+        return task_id
+
+
+class MockBackend(Proc):
+    def __init__(self, server_id: str, *, workdir: Path, extra: list[str] | None = None) -> None:
+        port = free_port()
+        self.server_id = server_id
+        args = [
+            sys.executable,
+            "-m",
+            "taskyard",
+            "mock-backend",
+            "--port",
+            str(port),
+            "--server-id",
+            server_id,
+            *(extra or []),
+        ]
+        super().__init__(args, port=port, env=clean_env(), log=workdir / f"mock-{server_id}.log")
+
+    def control(self, **controls: Any) -> dict[str, Any]:
+        response = httpx.post(self.url + "/control", json=controls, timeout=5)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def received(self) -> list[dict[str, Any]]:
+        response = httpx.get(self.url + "/received", timeout=5)
+        items: list[dict[str, Any]] = response.json()["received"]
+        return items
