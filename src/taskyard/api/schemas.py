@@ -170,7 +170,7 @@ class ServerOut(BaseModel):
     max_concurrency: int
     models: list[str]
     weight: float
-    status: Literal["online", "offline", "draining"]
+    status: Literal["online", "offline"]
     lastHeartbeat: str | None
     registeredAt: str
     inFlight: int

@@ -55,9 +55,10 @@ def next_state(
             "last_success_at": now,
             "offline_since": None,
             "last_error": None,
+            # Written even when it was online at read time: a failed dispatch may have taken
+            # it offline meanwhile, and a passing check is what brings it back.
+            "status": ServerStatus.ONLINE,
         }
-        if server.status is ServerStatus.OFFLINE:
-            values["status"] = ServerStatus.ONLINE
     else:
         interval = policy.interval_min_s
         values = {
@@ -189,7 +190,7 @@ class HealthMonitor(Wakeable):
             return
         if server_id not in self._due:  # a fresh registration may have rescheduled it
             self.schedule(server_id, values["next_check_at"])
-        if values.get("status") is ServerStatus.ONLINE:
+        if server.status is not ServerStatus.ONLINE and reply.healthy:
             log.info("server %s is online", server_id)
             self._on_online(server_id)
 

@@ -33,7 +33,6 @@ FINAL_STATUSES = frozenset({TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.C
 class ServerStatus(StrEnum):
     ONLINE = "online"  # passed its last check; gets tasks
     OFFLINE = "offline"  # failed its last check (or is new and unchecked); gets no tasks
-    DRAINING = "draining"  # healthy, but takes no new tasks (an operator asked)
 
 
 class ErrorCode(StrEnum):

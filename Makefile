@@ -1,0 +1,44 @@
+# taskyard — `make serve` runs the service on SQLite; `make test` runs every test.
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .tools/bin/uv
+endif
+export UV_PYTHON_DOWNLOADS := never
+VENV := .venv/bin
+
+.PHONY: serve test lint format typecheck bench install clean
+
+# uv comes from PyPI when the machine lacks it, into a private tools venv.
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+install: .venv/.synced
+
+serve: .venv/.synced
+	$(VENV)/taskyard serve
+
+lint: .venv/.synced
+	$(VENV)/ruff check src tests benchmarks
+	$(VENV)/ruff format --check src tests benchmarks
+
+typecheck: .venv/.synced
+	$(VENV)/mypy
+
+test: lint typecheck
+	$(VENV)/python -m pytest
+
+format: .venv/.synced
+	$(VENV)/ruff check --fix src tests benchmarks
+	$(VENV)/ruff format src tests benchmarks
+
+bench: .venv/.synced
+	$(VENV)/python benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
