@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,13 @@ import pytest
 from tests.support import MockBackend, Taskyard
 
 
+@pytest.fixture(autouse=True)
+def _scrub_taskyard_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests control configuration; the developer's TASKYARD_* variables must not leak in."""
+    for name in [n for n in os.environ if n.startswith("TASKYARD_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     """A fresh SQLite file per test."""
@@ -18,17 +26,17 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def taskyard_factory(
-    database_url: str, tmp_path: Path
-) -> Iterator[Callable[..., Taskyard]]:
+def taskyard_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Taskyard]]:
     started: list[Taskyard] = []
 
     def start(**env: Any) -> Taskyard:
         node = Taskyard(
             database_url=database_url,
             workdir=tmp_path,
-            env={k.upper() if k.startswith("TASKYARD_") else f"TASKYARD_{k.upper()}": str(v)
-                 for k, v in env.items()},
+            env={
+                k.upper() if k.startswith("TASKYARD_") else f"TASKYARD_{k.upper()}": str(v)
+                for k, v in env.items()
+            },
         )
         started.append(node)
         return node.start()

@@ -1,0 +1,55 @@
+"""Token minting and checking."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from taskyard import auth, errors
+
+SECRET = "s" * 40
+
+
+def test_round_trip_keeps_bindings() -> None:
+    """A minted callback token verifies with its server, task and attempt."""
+    tok = auth.mint(
+        SECRET, sub="server:b", roles=["service"], ttl_s=60, server_id="b", task_id="t", attempt=2
+    )
+    principal = auth.verify(SECRET, tok)
+    assert principal.is_service and not principal.is_admin
+    assert (principal.server_id, principal.task_id, principal.attempt) == ("b", "t", 2)
+
+
+def test_plain_pyjwt_token_works() -> None:
+    """A token from any HS256 library with `roles` and `exp` is accepted."""
+    tok = jwt.encode({"sub": "a", "roles": ["admin"], "exp": time.time() + 60}, SECRET, "HS256")
+    assert auth.verify(SECRET, tok).is_admin
+
+
+def _unsigned(claims: dict[str, object]) -> str:
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+@pytest.mark.parametrize(
+    "tok",
+    [
+        _unsigned({"sub": "a", "roles": ["admin"], "exp": int(time.time()) + 60}),
+        jwt.encode({"sub": "a", "roles": ["admin"], "exp": time.time() + 60}, "x" * 40, "HS256"),
+        jwt.encode({"sub": "a", "roles": ["admin"], "exp": time.time() - 60}, SECRET, "HS256"),
+        jwt.encode({"sub": "a", "roles": ["admin"]}, SECRET, "HS256"),
+        jwt.encode({"sub": "a", "roles": "admin", "exp": time.time() + 60}, SECRET, "HS256"),
+        "not-a-token",
+    ],
+    ids=["alg-none", "wrong-key", "expired", "no-exp", "roles-not-array", "garbage"],
+)
+def test_bad_tokens_are_refused(tok: str) -> None:
+    """alg none, a wrong key, expiry, a missing exp or a bad roles claim → Unauthorized."""
+    with pytest.raises(errors.Unauthorized):
+        auth.verify(SECRET, tok)
