@@ -58,7 +58,6 @@ class Settings(BaseSettings):
     result_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
     chores_interval_s: float = Field(5.0, gt=0)
     node_timeout_s: float = Field(30.0, gt=0)  # a coordinator unseen this long is dead
-    token_ttl_s: float = Field(3600.0, gt=0)  # `taskyard token` default
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
