@@ -24,8 +24,11 @@ STARTUP_FAILURE = 3  # broken configuration: a supervisor should not restart us 
 def _settings(overrides: dict[str, Any]) -> Settings:
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValidationError, ValueError) as exc:
-        click.echo(f"taskyard: invalid configuration: {exc}", err=True)
+    except ValidationError as exc:
+        # Name the fields and the rule, never the values: one of them may be the secret.
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            click.echo(f"taskyard: invalid configuration: {where}: {error['msg']}", err=True)
         sys.exit(STARTUP_FAILURE)
     settings, _ = resolve_secret(settings)
     return settings

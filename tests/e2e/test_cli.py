@@ -1,0 +1,78 @@
+"""The `taskyard` command line: token, migrate, check, and refusing unsafe production config."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+
+from tests.support import SECRET, clean_env
+
+
+def _taskyard(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskyard", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_token_is_signed_with_the_configured_secret(tmp_path: Path) -> None:
+    """`taskyard token` mints an HS256 JWT with the roles, subject and expiry asked for."""
+    done = _taskyard(
+        "token",
+        "--role",
+        "user",
+        "--sub",
+        "alice",
+        "--ttl",
+        "120",
+        cwd=tmp_path,
+        TASKYARD_JWT_SECRET=SECRET,
+    )
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["roles"] == ["user"]
+    assert claims["sub"] == "alice"
+    assert 100 <= claims["exp"] - claims["iat"] <= 120
+
+
+def test_development_secret_is_shared_between_commands(tmp_path: Path) -> None:
+    """Without a secret, development mode keeps one in a local file that every command reads."""
+    first = _taskyard("token", "--role", "admin", "--sub", "a", cwd=tmp_path)
+    second = _taskyard("token", "--role", "admin", "--sub", "a", cwd=tmp_path)
+    secret = (tmp_path / ".taskyard-dev-secret").read_text().strip()
+    for done in (first, second):
+        assert jwt.decode(done.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "a"
+    assert secret not in first.stdout + first.stderr
+
+
+def test_migrate_then_check(tmp_path: Path) -> None:
+    """`migrate` creates the schema; `check` then exits 0."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    migrated = _taskyard("migrate", cwd=tmp_path, TASKYARD_DATABASE_URL=url)
+    assert migrated.returncode == 0, migrated.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"tasks", "servers", "nodes"} <= tables
+    assert _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=url).returncode == 0
+
+
+def test_check_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    """`check` exits 1 when the database cannot be opened."""
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"
+    assert _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=url).returncode == 1
+
+
+def test_production_refuses_to_start_without_a_strong_secret(tmp_path: Path) -> None:
+    """Production with a short secret exits with the config-error code 3 and says why."""
+    done = _taskyard("serve", cwd=tmp_path, TASKYARD_ENV="production", TASKYARD_JWT_SECRET="short")
+    assert done.returncode == 3
+    assert "TASKYARD_JWT_SECRET" in done.stderr
+    assert "short" not in done.stderr.replace("TASKYARD_JWT_SECRET", "")
