@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException
 from taskyard import errors
 from taskyard.api.responses import JsonResponse
 
+REQUEST_ID = "X-Request-Id"
+
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[errors.TaskyardError], int]] = [
@@ -30,11 +32,14 @@ def status_for(exc: errors.TaskyardError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, details: Any = None) -> JsonResponse:
+def error_response(
+    status: int, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JsonResponse:
     body: dict[str, Any] = {"error": message}
     if details is not None:
         body["details"] = details
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JsonResponse(body, status_code=status, headers=headers)
 
 
@@ -62,4 +67,8 @@ def install(app: FastAPI) -> None:
     async def _crash(request: Request, exc: Exception) -> JsonResponse:
         # Log the details, show none: a 500 body never carries internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal server error")
+        # This handler runs outside the middleware stack (Starlette's ServerErrorMiddleware),
+        # so RequestId cannot add its header here: add the id it stored on the request.
+        request_id = getattr(request.state, "request_id", None)
+        headers = {REQUEST_ID: request_id} if isinstance(request_id, str) else None
+        return error_response(500, "Internal server error", headers=headers)

@@ -6,6 +6,7 @@ import re
 import uuid
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -58,7 +59,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -73,7 +74,7 @@ class BodyLimit:
                 await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        body = orjson.dumps({"error": f"Request body larger than {self.max_bytes} bytes"})
+        body = orjson.dumps({"error": _TooLarge(self.max_bytes).detail})
         await send(
             {
                 "type": "http.response.start",
@@ -87,8 +88,15 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """The body went over the limit while being read.
+
+    An HTTPException, because FastAPI turns any other error raised while it reads a body into
+    "400 There was an error parsing the body"; this one it lets through to the error handlers.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"Request body larger than {max_bytes} bytes")
 
 
 class JsonBodies:

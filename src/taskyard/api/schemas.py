@@ -6,7 +6,8 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_ID_LENGTH = 128
 MAX_URL_LENGTH = 2048
@@ -14,6 +15,46 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 ReportStatus = Literal["WAITING", "PROCESSING", "FINISHED", "FAILED"]
+
+
+MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a request body
+
+
+def json_depth_over(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in `value` nest deeper than `limit` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class JsonIn(BaseModel):
+    """A request body that is stored as JSON: refuse what the store cannot write, as a 400.
+
+    Python's JSON parser accepts integers of any size and ~1000 levels of nesting; the store and
+    the responses (orjson) take 64-bit integers and 254 levels, and a task's request and result
+    sit a few levels deep in its responses. Checked here so such a body is bad input, not a 500.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if json_depth_over(data, MAX_JSON_DEPTH):
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            orjson.dumps(data)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"cannot be stored as JSON ({exc})") from exc
+        return data
 
 
 class ErrorOut(BaseModel):
@@ -24,7 +65,7 @@ class ErrorOut(BaseModel):
 # ---- tasks ------------------------------------------------------------------------------
 
 
-class TaskCreate(BaseModel):
+class TaskCreate(JsonIn):
     """A task request: `model` routes it; every other field is forwarded to the backend as is."""
 
     model_config = ConfigDict(
@@ -90,7 +131,7 @@ class ResultMetadata(BaseModel):
     custom_data: Any = None
 
 
-class TaskResultIn(BaseModel):
+class TaskResultIn(JsonIn):
     """The seed's TaskResult: what a backend PUTs (or returns from a synchronous predict)."""
 
     model_config = ConfigDict(extra="allow")
@@ -111,6 +152,7 @@ def _check_url(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")
+    _ = parts.port  # raises ValueError for a port out of range or not a number
     return value
 
 
@@ -121,7 +163,7 @@ class Endpoints(BaseModel):
     _urls = field_validator("predict", "health")(_check_url)
 
 
-class ServerRegister(BaseModel):
+class ServerRegister(JsonIn):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     id: str = Field(pattern=ID_PATTERN, description="letters, digits and . _ : @ -; max 128")
@@ -182,7 +224,7 @@ class ServersOut(BaseModel):
     servers: list[ServerOut]
 
 
-class HeartbeatIn(BaseModel):
+class HeartbeatIn(JsonIn):
     model_config = ConfigDict(extra="allow")
 
 

@@ -30,6 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Invalid body or parameters"},
     401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
     403: {"model": ErrorOut, "description": "Not an admin"},
+    413: {"model": ErrorOut, "description": "Body too large"},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such server"}
@@ -85,7 +86,13 @@ async def get_server(
     return present.server_out(await coordinator.get_server(server_id))
 
 
-@router.post("/{server_id}/heartbeat", response_model=HeartbeatOut, responses=_ERRORS | _NOT_FOUND)
+@router.post(
+    "/{server_id}/heartbeat",
+    response_model=HeartbeatOut,
+    responses=_ERRORS
+    | _NOT_FOUND
+    | {403: {"model": ErrorOut, "description": "Neither an admin nor this server's token"}},
+)
 async def heartbeat(
     server_id: ServerId,
     coordinator: CoordinatorDep,
