@@ -210,3 +210,91 @@ class MockBackend(Proc):
         response = httpx.get(self.url + "/received", timeout=5)
         items: list[dict[str, Any]] = response.json()["received"]
         return items
+
+
+# ---- Shared coordinators: one per test module, each test in its own namespace ----------------
+
+
+def start_taskyard(workdir: Path, **env: Any) -> Taskyard:
+    """Start a coordinator on a fresh SQLite file in `workdir`; `env` keys as in
+    `taskyard_factory` (e.g. `health_interval_min_s=30`). The caller stops it."""
+    node = Taskyard(
+        database_url=f"sqlite:///{workdir / 'taskyard.db'}",
+        workdir=workdir,
+        env={f"TASKYARD_{k.upper()}": str(v) for k, v in env.items()},
+    )
+    try:
+        node.start(timeout=60)  # a loaded machine can take long to import everything
+    except BaseException:
+        node.stop()  # never leave a half-started process behind
+        node.admin.close()
+        raise
+    return node
+
+
+class Fleet:
+    """One test's servers and tasks on a coordinator that other tests share.
+
+    Every server it registers serves only `self.model` (unless told otherwise), and its ids
+    carry a random tag, so tests sharing the coordinator never take each other's tasks.
+    `close()` deletes the servers it registered.
+    """
+
+    def __init__(self, yard: Taskyard, mock_factory: Callable[..., MockBackend]) -> None:
+        import uuid
+
+        self.yard = yard
+        self._mock_factory = mock_factory
+        self.tag = uuid.uuid4().hex[:8]
+        self.model = f"model-{self.tag}"
+        self.server_ids: list[str] = []
+
+    def sid(self, name: str) -> str:
+        """A server id unique to this test."""
+        return f"{name}-{self.tag}"
+
+    def mocks(self, *specs: str | tuple[str, ...]) -> list[MockBackend]:
+        """Start mock backends in parallel; a spec is a name or (name, *CLI args)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def start(spec: str | tuple[str, ...]) -> MockBackend:
+            name, *args = (spec,) if isinstance(spec, str) else spec
+            return self._mock_factory(self.sid(name), *args)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+            return list(pool.map(start, specs))
+
+    def _fields(self, backend: MockBackend, fields: dict[str, Any]) -> dict[str, Any]:
+        fields.setdefault("models", [self.model])
+        self.server_ids.append(fields.get("id", backend.server_id))
+        return fields
+
+    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+        return self.yard.register(backend, **self._fields(backend, fields))
+
+    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+        return self.yard.register_online(backend, **self._fields(backend, fields))
+
+    def register_raw(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Register any body (e.g. URLs where nothing listens); `models` defaults to ours."""
+        body = {"provider": "test", "name": body["id"], "models": [self.model], **body}
+        response = self.yard.admin.post("/api/servers", json=body)
+        assert response.status_code == 200, response.text
+        self.server_ids.append(body["id"])
+        result: dict[str, Any] = response.json()
+        return result
+
+    def submit(self, request: dict[str, Any] | None = None, **params: Any) -> str:
+        return self.yard.submit(request or {"model": self.model}, **params)
+
+    def close(self) -> None:
+        for server_id in dict.fromkeys(self.server_ids):
+            self.yard.admin.delete(f"/api/servers/{server_id}")
+
+
+def mock_info(backend: MockBackend) -> dict[str, Any]:
+    """The mock backend's counters (`GET /info`): in_flight, max_in_flight, completed..."""
+    response = httpx.get(backend.url + "/info", timeout=5)
+    assert response.status_code == 200, response.text
+    info: dict[str, Any] = response.json()
+    return info

@@ -53,10 +53,17 @@ def finish(task: Task, *, result: Any, now: int) -> tuple[TaskUpdate, Task]:
 
 
 def fail(
-    task: Task, *, error: str, code: ErrorCode, now: int, result: Any = None
+    task: Task,
+    *,
+    error: str,
+    code: ErrorCode,
+    now: int,
+    result: Any = None,
+    attempt_error: str | None = None,
 ) -> tuple[TaskUpdate, Task]:
-    """The running attempt failed for good: FAILED, no retry."""
-    values = _close(task, now=now, error=error, code=code) | {
+    """The running attempt failed for good: FAILED, no retry. `attempt_error` (default `error`)
+    goes into the attempt's record, `error` onto the task."""
+    values = _close(task, now=now, error=attempt_error or error, code=code) | {
         "status": TaskStatus.FAILED,
         "error": error,
         "error_code": code.value,
@@ -80,7 +87,7 @@ def retry_or_fail(
     """The running attempt failed: back to WAITING after a backoff, or FAILED when out of tries."""
     if task.attempt >= task.max_attempts:
         summary = f"{error} (after {task.attempt} attempts)"
-        return fail(task, error=summary, code=code, now=now)
+        return fail(task, error=summary, code=code, now=now, attempt_error=error)
     delay = retry_delay_s(task.attempt, base_s=retry_base_s, max_s=retry_max_s, rng=rng)
     values = _close(task, now=now, error=error, code=code) | {
         "status": TaskStatus.WAITING,
