@@ -21,8 +21,7 @@ from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import ErrorCode, Server, ServerStatus, Task, TaskStatus, now_ms
 from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
-from taskyard.storage.base import TaskUpdate
-from taskyard.storage.sql import SqlStore
+from taskyard.storage.base import Store, TaskUpdate
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class Dispatcher(Wakeable):
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         client: BackendClient,
         policy: DispatchPolicy,
         on_server_failed: Callable[[str], None] | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import Server, ServerStatus, now_ms
 from taskyard.domain.ports import BackendClient, HealthReply
-from taskyard.storage.sql import SqlStore
+from taskyard.storage.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class HealthMonitor(Wakeable):
     def __init__(
         self,
         *,
-        store: SqlStore,
+        store: Store,
         client: BackendClient,
         policy: HealthPolicy,
         on_online: Callable[[str], None],

@@ -29,8 +29,7 @@ from taskyard.domain.models import (
     now_ms,
 )
 from taskyard.domain.ports import BackendClient
-from taskyard.storage.base import TaskUpdate
-from taskyard.storage.sql import SqlStore
+from taskyard.storage.base import Store, TaskUpdate
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,7 @@ class CoordinatorConfig:
 
 
 class Coordinator:
-    def __init__(
-        self, *, store: SqlStore, client: BackendClient, config: CoordinatorConfig
-    ) -> None:
+    def __init__(self, *, store: Store, client: BackendClient, config: CoordinatorConfig) -> None:
         self.store = store
         self.config = config
         self.rng = random.Random()

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from taskyard.domain.models import TaskStatus
+from taskyard.domain.models import Server, Task, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +25,62 @@ class TaskUpdate:
     expect_status: Collection[TaskStatus] | None = None
     expect_attempt: int | None = None
     expect_server: str | None = None
+
+
+class Store(Protocol):
+    """The storage the domain uses. Reads return domain values; writes are durable on return."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # tasks
+    async def add_task(self, task: Task) -> None: ...
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def waiting_tasks(
+        self, *, now: int, limit: int, models: Collection[str] | None = None
+    ) -> list[Task]:
+        """Due WAITING tasks, by priority then FIFO; only those `models` when given."""
+        ...
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest WAITING task becomes due, if any."""
+        ...
+
+    async def expired_attempts(self, *, now: int, limit: int) -> list[Task]: ...
+
+    async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]: ...
+
+    async def processing_on(self, server_ids: Iterable[str]) -> list[Task]: ...
+
+    async def unacked_attempts(self, *, node_ids: Iterable[str]) -> list[Task]: ...
+
+    async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
+        """Apply conditional updates together; each reports whether it matched."""
+        ...
+
+    async def update_task(self, change: TaskUpdate) -> bool: ...
+
+    async def purge_tasks(self, *, finished_before: int) -> int: ...
+
+    # servers
+    async def put_server(self, server: Server) -> None: ...
+
+    async def get_server(self, server_id: str) -> Server | None: ...
+
+    async def list_servers(self) -> list[Server]:
+        """Every server, with its in-flight count filled in."""
+        ...
+
+    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool: ...
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]: ...
+
+    # coordinator nodes
+    async def touch_node(self, *, node_id: str, host: str, now: int) -> None: ...
+
+    async def dead_nodes(self, *, seen_before: int) -> list[str]: ...
+
+    async def delete_nodes(self, node_ids: Collection[str]) -> None: ...
