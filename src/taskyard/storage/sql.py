@@ -198,18 +198,21 @@ class SqlStore:
         await self.writes.run(op)
 
     async def get_server(self, server_id: str) -> Server | None:
-        found = await self._servers(servers.c.id == server_id)
+        found = await self._servers(server_id)
         return found[0] if found else None
 
     async def list_servers(self) -> list[Server]:
         return await self._servers(None)
 
-    async def in_flight_counts(self) -> dict[str, int]:
+    async def in_flight_counts(self, server_id: str | None = None) -> dict[str, int]:
+        """Tasks PROCESSING per server (one server's only, when given)."""
         query = (
             select(tasks.c.server_id, func.count())
             .where(tasks.c.status == TaskStatus.PROCESSING)
             .group_by(tasks.c.server_id)
         )
+        if server_id is not None:
+            query = query.where(tasks.c.server_id == server_id)
         async with self.engine.connect() as conn:
             return {row[0]: row[1] for row in await conn.execute(query)}
 
@@ -236,13 +239,13 @@ class SqlStore:
 
         return await self.writes.run(op) if ids else []
 
-    async def _servers(self, where: Any) -> list[Server]:
+    async def _servers(self, server_id: str | None) -> list[Server]:
         query = select(servers).order_by(servers.c.id)
-        if where is not None:
-            query = query.where(where)
+        if server_id is not None:
+            query = query.where(servers.c.id == server_id)
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(query))
-        counts = await self.in_flight_counts() if rows else {}
+        counts = await self.in_flight_counts(server_id) if rows else {}
         return [_server_from_row(row, counts.get(row.id, 0)) for row in rows]
 
     # ---- nodes -------------------------------------------------------------------------
