@@ -14,6 +14,7 @@ import orjson
 
 from taskyard.domain.dispatch import is_retryable_status
 from taskyard.domain.ports import HealthReply, PredictReply, ReplyKind
+from taskyard.jsonsafe import depth_over
 
 ERROR_TEXT_LIMIT = 500  # characters of a backend's error body kept in the task's record
 # Deeper results are refused: the store's JSON writer stops at 254 levels, and a result it could
@@ -113,23 +114,6 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
         value = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(value, dict) or _depth_exceeds(value, MAX_RESULT_DEPTH):
+    if not isinstance(value, dict) or depth_over(value, MAX_RESULT_DEPTH):
         return None
     return value
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether JSON nests deeper than `limit`; iterative, so hostile input cannot blow the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-    return False
-
-
-__all__ = ["AiohttpBackendClient"]

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from taskyard.jsonsafe import depth_over
+
 MAX_ID_LENGTH = 128
 MAX_URL_LENGTH = 2048
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -18,23 +20,6 @@ ReportStatus = Literal["WAITING", "PROCESSING", "FINISHED", "FAILED"]
 
 
 MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a request body
-
-
-def json_depth_over(value: Any, limit: int) -> bool:
-    """Whether objects and arrays in `value` nest deeper than `limit` levels (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 class JsonIn(BaseModel):
@@ -48,7 +33,7 @@ class JsonIn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        if json_depth_over(data, MAX_JSON_DEPTH):
+        if depth_over(data, MAX_JSON_DEPTH):
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             orjson.dumps(data)
