@@ -125,9 +125,14 @@ class Children:
         return child
 
     def stop(
-        self, child: Child, sig: signal.Signals = signal.SIGTERM, grace_s: float = 10.0
+        self, child: Child, sig: signal.Signals = signal.SIGINT, grace_s: float = 10.0
     ) -> None:
-        """Signal the child's process group, then SIGKILL it if it outlives `grace_s`."""
+        """Signal the child's process group, then SIGKILL it if it outlives `grace_s`.
+
+        SIGINT by default: both servers shut down gracefully on it, and uvicorn re-raises it
+        after its shutdown, which a cProfile-wrapped coordinator survives to write its profile
+        (a re-raised SIGTERM would kill it first).
+        """
         if child.popen.poll() is None:
             _signal_group(child.pid, sig)
             try:
@@ -276,6 +281,7 @@ async def wait_online(
     headers: dict[str, str],
     count: int,
     timeout_s: float = 120.0,
+    poll_s: float = 0.2,
 ) -> None:
     """Wait until `count` servers are registered and online."""
     deadline = time.monotonic() + timeout_s
@@ -285,7 +291,7 @@ async def wait_online(
         online = sum(1 for s in servers if s["status"] == "online")
         if online >= count:
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll_s)
     raise RuntimeError(f"only {online} of {count} servers online after {timeout_s} s")
 
 
@@ -390,7 +396,9 @@ async def taskyard_request(
     return Sample(time.perf_counter() - started, status, polls)
 
 
-async def direct_request(poller: Poller, backends: Sequence[str], index: int) -> Sample:
+async def direct_request(
+    poller: Poller, backends: Sequence[str], index: int, *, is_async: bool
+) -> Sample:
     """One predict call to a backend, round-robin; a 202 is followed by polling its result."""
     session = poller.session
     backend = backends[index % len(backends)]
@@ -398,7 +406,7 @@ async def direct_request(poller: Poller, backends: Sequence[str], index: int) ->
     payload = {
         "task_id": task_id,
         "request": task_request(index),
-        "async": False,
+        "async": is_async,  # as taskyard would send it; there is no callback URL to call
         "callback_url": None,
         "callback_token": None,
         "attempt": 1,
@@ -456,7 +464,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--database-url", default=None, help="default: a fresh SQLite file in the temp dir"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
-    parser.add_argument("--poll-ms", type=float, default=5.0, help="client poll interval (5)")
+    parser.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (10)")
     parser.add_argument("--warmup", type=int, default=100, help="unmeasured requests first (100)")
     parser.add_argument("--task-timeout", type=float, default=60.0, help="give up a task (s)")
     parser.add_argument(
@@ -560,7 +568,7 @@ async def bench(opts: Options, children: Children, workdir: Path) -> Report:
         urls = [b.url for b in backends]
 
         async def direct(i: int) -> Sample:
-            return await direct_request(poller, urls, i)
+            return await direct_request(poller, urls, i, is_async=opts.is_async)
 
         async def through_taskyard(i: int) -> Sample:
             return await taskyard_request(poller, coordinator.url, headers, i)
@@ -604,12 +612,18 @@ def print_report(report: Report, opts: Options) -> None:
         print(f"CPU seconds, {what}: {seconds:.2f}{per_task}")
 
 
-def print_profile(path: Path, top: int = 30) -> None:
+def print_profile(path: Path, top: int = 25) -> None:
+    """The profile's top functions by own time, then by cumulative time.
+
+    Cumulative times of coroutines include the time they spent suspended (awaiting I/O or
+    other tasks), so own time is the better guide to where the CPU goes.
+    """
     if not path.exists():
         print(f"no profile written to {path}", file=sys.stderr)
         return
-    print(f"\ncoordinator profile ({path}), top {top} by cumulative time:")
-    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
+    for key in ("tottime", "cumulative"):
+        print(f"\ncoordinator profile ({path}), top {top} by {key}:")
+        pstats.Stats(str(path)).sort_stats(key).print_stats(top)
 
 
 def all_finished(report: Report) -> bool:
@@ -623,8 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     children = Children(workdir)
     try:
         report = asyncio.run(bench(opts, children, workdir))
+    except KeyboardInterrupt:
+        print("interrupted; stopping the child processes", file=sys.stderr)
+        return 130
     finally:
-        children.stop_all()  # SIGTERM lets a profiled coordinator write its profile
+        children.stop_all()  # a profiled coordinator writes its profile on the way out
         if opts.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
