@@ -371,12 +371,17 @@ class Poller:
     session: aiohttp.ClientSession
     poll_s: float
     timeout_s: float
+    wait_s: float = 0.0  # > 0: taskyard clients long-poll with GET ?wait= instead of sleeping
 
 
 async def taskyard_request(
     poller: Poller, base: str, headers: dict[str, str], index: int
 ) -> Sample:
-    """Submit one task, then poll it until it is final (or the timeout passes)."""
+    """Submit one task, then read it until it is final (or the timeout passes).
+
+    With `wait_s`, each read is a long poll (`GET /api/task/{id}?wait=…`) that returns as soon as
+    the task is final; without it, the client sleeps `poll_s` between plain reads.
+    """
     session = poller.session
     started = time.perf_counter()
     async with session.post(f"{base}/api/task", json=task_request(index), headers=headers) as resp:
@@ -385,9 +390,12 @@ async def taskyard_request(
         body = await resp.json()
     task_id, status = body["taskId"], body["taskDetails"]["status"]
     polls = 0
+    params = {"wait": str(poller.wait_s)} if poller.wait_s > 0 else None
     while status not in FINAL_STATUSES and time.perf_counter() - started < poller.timeout_s:
-        await asyncio.sleep(poller.poll_s)
-        async with session.get(f"{base}/api/task/{task_id}", headers=headers) as resp:
+        if params is None:
+            await asyncio.sleep(poller.poll_s)
+        url = f"{base}/api/task/{task_id}"
+        async with session.get(url, headers=headers, params=params) as resp:
             polls += 1
             if resp.status != 200:
                 status = f"HTTP {resp.status} on poll"
@@ -443,6 +451,7 @@ class Options:
     database_url: str | None
     keep: bool
     poll_ms: float
+    wait_s: float
     warmup: int
     task_timeout_s: float
     profile: Path | None
@@ -465,6 +474,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     parser.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (10)")
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        default=30.0,
+        help="taskyard clients long-poll GET ?wait=S (30); 0 = plain polling every --poll-ms",
+    )
     parser.add_argument("--warmup", type=int, default=100, help="unmeasured requests first (100)")
     parser.add_argument("--task-timeout", type=float, default=60.0, help="give up a task (s)")
     parser.add_argument(
@@ -484,6 +499,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         database_url=ns.database_url,
         keep=ns.keep,
         poll_ms=ns.poll_ms,
+        wait_s=max(0.0, ns.wait_s),
         warmup=max(0, ns.warmup),
         task_timeout_s=ns.task_timeout,
         profile=ns.profile.resolve() if ns.profile else None,
@@ -564,7 +580,7 @@ async def bench(opts: Options, children: Children, workdir: Path) -> Report:
     connector = aiohttp.TCPConnector(limit=opts.clients + 16)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         headers = await setup_servers(session, coordinator, backends, opts)
-        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s)
+        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s)
         urls = [b.url for b in backends]
 
         async def direct(i: int) -> Sample:
@@ -596,7 +612,13 @@ def print_report(report: Report, opts: Options) -> None:
     mode = "async (202 + callback)" if opts.is_async else "sync (200 with the result)"
     print(
         f"\n{opts.backends} mock backends x capacity {opts.capacity}, delay {opts.delay_ms:g} ms,"
-        f" {mode}; {opts.clients} clients; poll every {opts.poll_ms:g} ms\n"
+        f" {mode}; {opts.clients} clients; "
+        + (
+            f"long poll ?wait={opts.wait_s:g}"
+            if opts.wait_s > 0
+            else f"poll every {opts.poll_ms:g} ms"
+        )
+        + "\n"
     )
     print(format_table(report.direct, report.taskyard))
     print()

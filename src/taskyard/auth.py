@@ -64,6 +64,10 @@ def mint(
 
 def verify(secret: str, token: str) -> Principal:
     """Check a token's signature, expiry and shape; raise `Unauthorized` otherwise."""
+    return _verify(secret, token)[0]
+
+
+def _verify(secret: str, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token, secret, algorithms=ALGORITHMS, options={"require": ["exp"]}, leeway=5
@@ -77,14 +81,37 @@ def verify(secret: str, token: str) -> Principal:
         raise errors.Unauthorized("Invalid token: `roles` must be an array of strings")
     sub = claims.get("sub")
     attempt = claims.get("att")
-    return Principal(
+    principal = Principal(
         sub=sub if isinstance(sub, str) else "",
         roles=frozenset(roles),
         server_id=_str_or_none(claims.get("srv")),
         task_id=_str_or_none(claims.get("tid")),
         attempt=attempt if isinstance(attempt, int) else None,
     )
+    return principal, float(claims["exp"])
 
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+class TokenVerifier:
+    """`verify` with a cache: clients and backends send the same token many times, and a
+    signature check costs more than the rest of a small request. Entries expire with the token."""
+
+    def __init__(self, secret: str, *, max_entries: int = 10_000) -> None:
+        self._secret = secret
+        self._max_entries = max_entries
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def verify(self, token: str) -> Principal:
+        hit = self._cache.get(token)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self._cache[token]
+        principal, exp = _verify(self._secret, token)
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()  # crude, but bounded; a full cache refills in one round of calls
+        self._cache[token] = (principal, exp)
+        return principal

@@ -15,6 +15,7 @@ from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import probes, servers, tasks
+from taskyard.auth import TokenVerifier
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
 from taskyard.domain.dispatcher import DispatchPolicy
@@ -95,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Swagger UI's default fetches a badge from validator.swagger.io: no outside calls.
         swagger_ui_parameters={"validatorUrl": None},
     )
-    app.state.jwt_secret = settings.jwt_secret
+    app.state.token_verifier = TokenVerifier(settings.jwt_secret)
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)

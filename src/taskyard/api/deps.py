@@ -24,8 +24,8 @@ async def get_principal(
 ) -> auth.Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise errors.Unauthorized("Missing bearer token (Authorization: Bearer <JWT>)")
-    secret: str = request.app.state.jwt_secret
-    return auth.verify(secret, credentials.credentials)
+    verifier: auth.TokenVerifier = request.app.state.token_verifier
+    return verifier.verify(credentials.credentials)
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]

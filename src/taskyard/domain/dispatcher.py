@@ -18,6 +18,7 @@ from typing import Any
 
 from taskyard import auth
 from taskyard.domain import dispatch, lifecycle
+from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import ErrorCode, Server, ServerStatus, Task, TaskStatus, now_ms
 from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
@@ -36,6 +37,7 @@ class DispatchPolicy:
     retry_base_s: float = 1.0
     retry_max_s: float = 30.0
     poll_s: float = 0.5  # seconds
+    coalesce_s: float = 0.003  # seconds a woken pass waits for more work to arrive
     batch: int = 256
     failures_offline: int = 2  # consecutive failed predicts that take a server out of rotation
 
@@ -47,6 +49,7 @@ class Dispatcher(Wakeable):
         store: Store,
         client: BackendClient,
         policy: DispatchPolicy,
+        events: TaskEvents | None = None,
         on_server_failed: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -54,10 +57,12 @@ class Dispatcher(Wakeable):
         self.store = store
         self.client = client
         self.policy = policy
+        self.events = events or TaskEvents()
         self.rng = rng or random.Random()
         self._on_server_failed = on_server_failed or (lambda _id: None)
         self._sending: set[asyncio.Task[None]] = set()
         self._last_sweep = 0.0
+        self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
 
     async def run(self) -> None:
         await self.repeat("dispatcher", self.step)
@@ -77,23 +82,27 @@ class Dispatcher(Wakeable):
 
     async def step(self) -> float:
         """One pass; returns how long to sleep before the next."""
+        # Let a burst of wake-ups (creates, finished tasks) accumulate into one pass.
+        await asyncio.sleep(self.policy.coalesce_s)
         now = now_ms()
         if now - self._last_sweep >= self.policy.poll_s * 1000:
             self._last_sweep = now
             await self.sweep(now)
-        claimed = await self.dispatch_due(now)
-        if claimed:
-            return 0.0  # there may be more: go again at once
-        return await self._idle_pause(now)
+        if await self.dispatch_due(now):
+            return 0.0  # a full batch went out: there may be more
+        return self._idle_pause(now)
 
-    async def _idle_pause(self, now: int) -> float:
-        due = await self.store.next_due_at()
-        if due is not None and due > now:
-            return min(self.policy.poll_s, (due - now) / 1000)
-        return self.policy.poll_s
+    def _idle_pause(self, now: int) -> float:
+        pause = self.policy.poll_s
+        if self._next_retry_at is not None:
+            if self._next_retry_at <= now:
+                self._next_retry_at = None
+            else:
+                pause = min(pause, (self._next_retry_at - now) / 1000)
+        return pause
 
-    async def dispatch_due(self, now: int) -> int:
-        """Assign and send due WAITING tasks; return how many were claimed."""
+    async def dispatch_due(self, now: int) -> bool:
+        """Assign and send due WAITING tasks; return whether a full batch was taken."""
         servers = [
             s
             for s in await self.store.list_servers()
@@ -101,7 +110,7 @@ class Dispatcher(Wakeable):
         ]
         free = sum(s.free_slots for s in servers)
         if free == 0:
-            return 0
+            return False
         models = (
             None if any(not s.models for s in servers) else {m for s in servers for m in s.models}
         )
@@ -109,7 +118,7 @@ class Dispatcher(Wakeable):
         waiting = await self.store.waiting_tasks(now=now, limit=limit, models=models)
         plan = dispatch.assign(waiting, servers, self.rng)
         if not plan:
-            return 0
+            return False
         starts = [
             lifecycle.start_attempt(
                 a.task,
@@ -120,13 +129,28 @@ class Dispatcher(Wakeable):
             )
             for a in plan
         ]
-        won = await self.store.update_tasks([update for update, _ in starts])
-        claimed = 0
+        won = await self.apply([update for update, _ in starts], wake=False)
         for ok, (_, task), assignment in zip(won, starts, plan, strict=True):
             if ok:
-                claimed += 1
                 self._spawn(self._send(task, assignment.server))
-        return claimed
+        return len(waiting) == limit and any(won)
+
+    async def apply(self, updates: list[TaskUpdate], *, wake: bool = True) -> list[bool]:
+        """Commit conditional task updates; tell waiters; wake the loop if anything changed.
+
+        Every task state change on this node goes through here.
+        """
+        won = await self.store.update_tasks(updates)
+        changed = [u.task_id for u, ok in zip(updates, won, strict=True) if ok]
+        if changed:
+            self.events.changed(changed)
+            for update, ok in zip(updates, won, strict=True):
+                due = update.values.get("next_attempt_at")
+                if ok and due is not None and (self._next_retry_at or due + 1) > due:
+                    self._next_retry_at = due
+            if wake:
+                self.wake()
+        return won
 
     def _spawn(self, coro: Any) -> None:
         job = asyncio.get_running_loop().create_task(coro)
@@ -171,8 +195,7 @@ class Dispatcher(Wakeable):
         else:
             code = ErrorCode.TIMEOUT if reply.kind is ReplyKind.TIMEOUT else ErrorCode.BACKEND_ERROR
             update, _ = self._retry(task, error=f"{server.id}: {reply.error}", code=code, now=now)
-        if await self.store.update_task(update):
-            self.wake()  # a slot is free, or a task is waiting again
+        await self.apply([update])  # frees a slot, or the task is waiting again
         await self._passive_health(server, reply)
 
     def _retry(
@@ -216,15 +239,15 @@ class Dispatcher(Wakeable):
             updates.append(self._retry(task, error=error, code=ErrorCode.TIMEOUT, now=now)[0])
         for task in await self.store.expired_in_queue(now=now, limit=self.policy.batch):
             updates.append(lifecycle.expire_in_queue(task, now=now))
-        if updates and any(await self.store.update_tasks(updates)):
-            self.wake()
+        if updates:
+            await self.apply(updates)
 
     async def requeue(self, tasks: list[Task], *, error: str, code: ErrorCode) -> None:
         """Move running attempts back to the queue (their server or coordinator is gone)."""
         now = now_ms()
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
-        if updates and any(await self.store.update_tasks(updates)):
-            self.wake()
+        if updates:
+            await self.apply(updates)
 
 
 def _update_for_result(task: Task, body: dict[str, Any], now: int) -> TaskUpdate:

@@ -8,9 +8,11 @@ live here, next to the state they depend on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -18,6 +20,7 @@ from taskyard import auth, errors
 from taskyard.domain import lifecycle, registry
 from taskyard.domain.chores import Chores
 from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
+from taskyard.domain.events import TaskEvents
 from taskyard.domain.health import HealthMonitor, HealthPolicy
 from taskyard.domain.models import (
     JSON,
@@ -34,6 +37,7 @@ from taskyard.storage.base import Store, TaskUpdate
 log = logging.getLogger(__name__)
 
 SERVER_TOKEN_TTL_S = 365 * 24 * 3600.0  # the token a backend gets at registration
+WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,10 @@ class Coordinator:
             jwt_secret=config.jwt_secret,
         )
         self.node_id = policy.node_id
-        self.dispatcher = Dispatcher(store=store, client=client, policy=policy, rng=self.rng)
+        self.events = TaskEvents()
+        self.dispatcher = Dispatcher(
+            store=store, client=client, policy=policy, events=self.events, rng=self.rng
+        )
         self.health = HealthMonitor(
             store=store,
             client=client,
@@ -142,14 +149,26 @@ class Coordinator:
             raise errors.TaskNotFound(task_id)
         return task
 
+    async def wait_task(self, task_id: str, *, principal: auth.Principal, wait_s: float) -> Task:
+        """The task once it is final, or as it is after `wait_s` seconds (long polling)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.events.watch(task_id) as changed:
+                task = await self.get_task(task_id, principal=principal)
+                left = deadline - time.monotonic()
+                if task.status.is_final or left <= 0:
+                    return task
+                # Woken by a change on this node; the fallback re-read sees other nodes' changes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed, min(left, WAIT_FALLBACK_S))
+
     async def cancel_task(self, task_id: str, *, principal: auth.Principal) -> Task:
         task = await self.get_task(task_id, principal=principal)
         if task.status.is_final:
             raise errors.TaskFinal(f"Task {task_id} is already {task.status}")
         update, cancelled = lifecycle.cancel(task, now=now_ms())
-        if not await self.store.update_task(update):
+        if not (await self.dispatcher.apply([update]))[0]:
             raise errors.Conflict(f"Task {task_id} changed meanwhile; read it and try again")
-        self.dispatcher.wake()
         return cancelled
 
     async def report(self, task_id: str, report: Report, *, principal: auth.Principal) -> Task:
@@ -170,10 +189,8 @@ class Coordinator:
                     f"Attempt {expect_attempt} of task {task_id} was superseded; report ignored"
                 )
         update, updated = _apply_report(task, report, now=now_ms())
-        if not await self.store.update_task(update):
+        if not (await self.dispatcher.apply([update], wake=updated.status.is_final))[0]:
             raise errors.StaleReport(f"Task {task_id} changed meanwhile; report ignored")
-        if updated.status is not TaskStatus.PROCESSING:
-            self.dispatcher.wake()
         return updated
 
     # ---- servers -----------------------------------------------------------------------

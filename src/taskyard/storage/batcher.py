@@ -10,14 +10,16 @@ by one so that one bad operation fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection
 
 T = TypeVar("T")
-Operation = Callable[[AsyncConnection], Awaitable[Any]]
+Operation = Callable[[Connection], Any]
+Transaction = Callable[[list[Operation]], Awaitable[list[Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,13 @@ MAX_BATCH = 500  # operations per transaction
 
 
 class GroupCommitter:
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
-        self._engine = engine
+    def __init__(self, transaction: Transaction, *, max_batch: int = MAX_BATCH) -> None:
+        self._transaction = transaction
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[Operation, asyncio.Future[Any]]] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
 
-    async def run(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run(self, op: Callable[[Connection], T]) -> T:
         """Run `op` inside the next shared transaction; return its result once committed."""
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._loop())
@@ -42,10 +44,8 @@ class GroupCommitter:
     async def close(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-            except asyncio.CancelledError:
-                pass
             self._runner = None
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
@@ -74,7 +74,3 @@ class GroupCommitter:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
-
-    async def _transaction(self, ops: list[Operation]) -> list[Any]:
-        async with self._engine.begin() as conn:
-            return [await op(conn) for op in ops]

@@ -1,16 +1,27 @@
-"""`SqlStore`: the storage for SQLite and PostgreSQL. Dialect differences live here only."""
+"""`SqlStore`: tasks, servers and nodes in SQL. Queries are written once for SQLite and
+PostgreSQL; where they run (and every other dialect difference) is `runners.py`'s business."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskyard.domain.models import (
     AttemptRecord,
@@ -21,38 +32,12 @@ from taskyard.domain.models import (
 )
 from taskyard.storage.base import TaskUpdate
 from taskyard.storage.batcher import GroupCommitter
+from taskyard.storage.runners import Runner, async_url, create_engine, open_runner
 from taskyard.storage.tables import nodes, servers, tasks
 
+__all__ = ["SqlStore", "async_url", "create_engine"]
+
 _JSON_TASK_FIELDS = ("request", "result")
-
-
-def async_url(url: str) -> str:
-    """Pick the async driver for a plain database URL (`sqlite:///…`, `postgresql://…`)."""
-    parsed = make_url(url)
-    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-    backend = parsed.get_backend_name()
-    if backend not in driver:
-        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
-    if parsed.drivername == backend or parsed.drivername in ("postgres",):
-        parsed = parsed.set(drivername=driver[backend])
-    return parsed.render_as_string(hide_password=False)
-
-
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    url = async_url(url)
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-    cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
 
 
 def _dumps(value: Any) -> str:
@@ -60,39 +45,36 @@ def _dumps(value: Any) -> str:
 
 
 class SqlStore:
-    """Tasks, servers and nodes in one SQL database. Writes go through group commit."""
+    """The `Store` in SQL. Reads run directly; writes go through group commit."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.writes = GroupCommitter(engine)
-        self.is_postgres = engine.dialect.name == "postgresql"
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.writes = GroupCommitter(runner.transaction)
+        self.is_postgres = runner.dialect == "postgresql"
 
     @classmethod
     def open(cls, url: str) -> SqlStore:
-        return cls(create_engine(url))
+        return cls(open_runner(url))
 
     async def close(self) -> None:
         await self.writes.close()
-        await self.engine.dispose()
+        await self.runner.close()
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await self.runner.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
 
     # ---- tasks -------------------------------------------------------------------------
 
     async def add_task(self, task: Task) -> None:
         row = _task_row(task)
-
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(insert(tasks), row)
-
-        await self.writes.run(op)
+        await self.writes.run(lambda conn: conn.execute(insert(tasks), row))
 
     async def get_task(self, task_id: str) -> Task | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
-        return _task_from_row(row) if row else None
+        def op(conn: Connection) -> Task | None:
+            row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
+            return _task_from_row(row) if row else None
+
+        return await self.runner.read(op)
 
     async def waiting_tasks(
         self, *, now: int, limit: int, models: Collection[str] | None = None
@@ -113,8 +95,7 @@ class SqlStore:
         query = select(func.min(tasks.c.next_attempt_at)).where(
             tasks.c.status == TaskStatus.WAITING
         )
-        async with self.engine.connect() as conn:
-            value = (await conn.execute(query)).scalar()
+        value = await self.runner.read(lambda conn: conn.execute(query).scalar())
         return int(value) if value is not None else None
 
     async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
@@ -152,35 +133,26 @@ class SqlStore:
         """Apply conditional updates in one transaction; each reports whether it matched."""
         if not updates:
             return []
-
-        async def op(conn: AsyncConnection) -> list[bool]:
-            return [await _apply(conn, u) for u in updates]
-
-        return await self.writes.run(op)
+        return await self.writes.run(lambda conn: [_apply(conn, u) for u in updates])
 
     async def update_task(self, change: TaskUpdate) -> bool:
         return (await self.update_tasks([change]))[0]
 
     async def purge_tasks(self, *, finished_before: int) -> int:
-        async def op(conn: AsyncConnection) -> int:
-            result = await conn.execute(
-                delete(tasks).where(
-                    tasks.c.finished_at < finished_before,
-                    tasks.c.status.in_([s.value for s in _FINAL]),
-                )
-            )
-            return result.rowcount
-
-        return await self.writes.run(op)
+        stmt = delete(tasks).where(
+            tasks.c.finished_at < finished_before,
+            tasks.c.status.in_([s.value for s in _FINAL]),
+        )
+        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount)
 
     async def count_tasks(self) -> dict[str, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-        async with self.engine.connect() as conn:
-            return {row[0]: row[1] for row in await conn.execute(query)}
+        return await self.runner.read(lambda conn: {r[0]: r[1] for r in conn.execute(query)})
 
     async def _tasks(self, query: Any) -> list[Task]:
-        async with self.engine.connect() as conn:
-            return [_task_from_row(row) for row in await conn.execute(query)]
+        return await self.runner.read(
+            lambda conn: [_task_from_row(row) for row in conn.execute(query)]
+        )
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -191,11 +163,7 @@ class SqlStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[servers.c.id], set_={k: stmt.excluded[k] for k in row if k != "id"}
         )
-
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(stmt)
-
-        await self.writes.run(op)
+        await self.writes.run(lambda conn: conn.execute(stmt))
 
     async def get_server(self, server_id: str) -> Server | None:
         found = await self._servers(server_id)
@@ -204,59 +172,34 @@ class SqlStore:
     async def list_servers(self) -> list[Server]:
         return await self._servers(None)
 
-    async def in_flight_counts(self, server_id: str | None = None) -> dict[str, int]:
-        """Tasks PROCESSING per server (one server's only, when given)."""
-        query = (
-            select(tasks.c.server_id, func.count())
-            .where(tasks.c.status == TaskStatus.PROCESSING)
-            .group_by(tasks.c.server_id)
-        )
-        if server_id is not None:
-            query = query.where(tasks.c.server_id == server_id)
-        async with self.engine.connect() as conn:
-            return {row[0]: row[1] for row in await conn.execute(query)}
-
     async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool:
-        row = _server_values(values)
-
-        async def op(conn: AsyncConnection) -> bool:
-            result = await conn.execute(
-                update(servers).where(servers.c.id == server_id).values(row)
-            )
-            return result.rowcount > 0
-
-        return await self.writes.run(op)
+        stmt = update(servers).where(servers.c.id == server_id).values(_server_values(values))
+        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount > 0)
 
     async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
         """Delete servers; return the ids that existed."""
         ids = list(server_ids)
-
-        async def op(conn: AsyncConnection) -> list[str]:
-            result = await conn.execute(
-                delete(servers).where(servers.c.id.in_(ids)).returning(servers.c.id)
-            )
-            return [row[0] for row in result]
-
-        return await self.writes.run(op) if ids else []
+        if not ids:
+            return []
+        stmt = delete(servers).where(servers.c.id.in_(ids)).returning(servers.c.id)
+        return await self.writes.run(lambda conn: [row[0] for row in conn.execute(stmt)])
 
     async def _servers(self, server_id: str | None) -> list[Server]:
-        query = select(servers).order_by(servers.c.id)
-        if server_id is not None:
-            query = query.where(servers.c.id == server_id)
-        async with self.engine.connect() as conn:
-            rows = list(await conn.execute(query))
-        counts = await self.in_flight_counts(server_id) if rows else {}
-        return [_server_from_row(row, counts.get(row.id, 0)) for row in rows]
+        query = _LIST_SERVERS if server_id is None else _GET_SERVER
+        params = {"server_id": server_id}
+        return await self.runner.read(
+            lambda conn: [_server_from_row(row) for row in conn.execute(query, params)]
+        )
 
     # ---- nodes -------------------------------------------------------------------------
 
     async def touch_node(self, *, node_id: str, host: str, now: int) -> None:
-        async def op(conn: AsyncConnection) -> None:
-            result = await conn.execute(
+        def op(conn: Connection) -> None:
+            result = conn.execute(
                 update(nodes).where(nodes.c.id == node_id).values(last_seen_at=now)
             )
             if result.rowcount == 0:
-                await conn.execute(
+                conn.execute(
                     insert(nodes).values(id=node_id, host=host, started_at=now, last_seen_at=now)
                 )
 
@@ -264,32 +207,59 @@ class SqlStore:
 
     async def dead_nodes(self, *, seen_before: int) -> list[str]:
         query = select(nodes.c.id).where(nodes.c.last_seen_at < seen_before)
-        async with self.engine.connect() as conn:
-            return [row[0] for row in await conn.execute(query)]
+        return await self.runner.read(lambda conn: [row[0] for row in conn.execute(query)])
 
     async def delete_nodes(self, node_ids: Collection[str]) -> None:
         ids = list(node_ids)
-
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(delete(nodes).where(nodes.c.id.in_(ids)))
-
         if ids:
-            await self.writes.run(op)
+            stmt = delete(nodes).where(nodes.c.id.in_(ids))
+            await self.writes.run(lambda conn: conn.execute(stmt))
 
 
+# Hot statements are built once: building and cache-keying a statement per call costs more
+# than running it.
+_GET_TASK = select(tasks).where(tasks.c.id == bindparam("task_id"))
+# Each server with its count of running tasks, in one round trip (ix_tasks_server).
+_IN_FLIGHT = (
+    select(func.count())
+    .where(tasks.c.server_id == servers.c.id, tasks.c.status == TaskStatus.PROCESSING.value)
+    .scalar_subquery()
+    .label("in_flight")
+)
+_LIST_SERVERS = select(servers, _IN_FLIGHT).order_by(servers.c.id)
+_GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
 _FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-async def _apply(conn: AsyncConnection, change: TaskUpdate) -> bool:
-    stmt = update(tasks).where(tasks.c.id == change.task_id)
-    if change.expect_status is not None:
-        stmt = stmt.where(tasks.c.status.in_([s.value for s in change.expect_status]))
-    if change.expect_attempt is not None:
-        stmt = stmt.where(tasks.c.attempt == change.expect_attempt)
-    if change.expect_server is not None:
-        stmt = stmt.where(tasks.c.server_id == change.expect_server)
-    result = await conn.execute(stmt.values(_task_values(change.values)))
-    return result.rowcount > 0
+def _apply(conn: Connection, change: TaskUpdate) -> bool:
+    values = _task_values(change.values)
+    statuses = [s.value for s in change.expect_status or ()]
+    stmt = _update_statement(
+        tuple(sorted(values)),
+        len(statuses),
+        change.expect_attempt is not None,
+        change.expect_server is not None,
+    )
+    params = {f"v_{k}": v for k, v in values.items()}
+    params |= {f"w_s{i}": status for i, status in enumerate(statuses)}
+    params |= {"w_id": change.task_id, "w_attempt": change.expect_attempt}
+    params["w_server"] = change.expect_server
+    return conn.execute(stmt, params).rowcount > 0
+
+
+@functools.lru_cache(maxsize=128)
+def _update_statement(
+    columns: tuple[str, ...], statuses: int, by_attempt: bool, by_server: bool
+) -> Update:
+    """One compiled shape per kind of state change, reused with new parameters."""
+    stmt = update(tasks).where(tasks.c.id == bindparam("w_id"))
+    if statuses:
+        stmt = stmt.where(tasks.c.status.in_([bindparam(f"w_s{i}") for i in range(statuses)]))
+    if by_attempt:
+        stmt = stmt.where(tasks.c.attempt == bindparam("w_attempt"))
+    if by_server:
+        stmt = stmt.where(tasks.c.server_id == bindparam("w_server"))
+    return stmt.values({column: bindparam(f"v_{column}") for column in columns})
 
 
 def _task_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -401,7 +371,7 @@ def _server_row(server: Server) -> dict[str, Any]:
     )
 
 
-def _server_from_row(row: Row[Any], in_flight: int) -> Server:
+def _server_from_row(row: Row[Any]) -> Server:
     return Server(
         id=row.id,
         name=row.name,
@@ -427,5 +397,5 @@ def _server_from_row(row: Row[Any], in_flight: int) -> Server:
         next_check_at=row.next_check_at,
         last_error=row.last_error,
         reported_load=orjson.loads(row.reported_load) if row.reported_load else None,
-        in_flight=in_flight,
+        in_flight=row.in_flight,
     )

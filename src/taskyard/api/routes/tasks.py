@@ -15,6 +15,8 @@ from taskyard.domain.service import Report
 
 router = APIRouter(prefix="/api/task", tags=["tasks"])
 
+MAX_WAIT_S = 60.0  # longest long poll; proxies commonly cut idle requests not much later
+
 TaskId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Invalid body or parameters"},
@@ -56,10 +58,23 @@ async def create_task(
 
 @router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS | _NOT_FOUND)
 async def get_task(
-    task_id: TaskId, coordinator: CoordinatorDep, principal: PrincipalDep
+    task_id: TaskId,
+    coordinator: CoordinatorDep,
+    principal: PrincipalDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="seconds to wait for the task to become final before answering",
+        ),
+    ] = 0,
 ) -> JsonResponse:
-    """Read a task (its owner or an admin)."""
-    task = await coordinator.get_task(task_id, principal=principal)
+    """Read a task (its owner or an admin); with `wait`, answer once it is final (long poll)."""
+    if wait > 0:
+        task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
+    else:
+        task = await coordinator.get_task(task_id, principal=principal)
     return JsonResponse(present.task_out(task))
 
 

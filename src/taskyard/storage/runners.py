@@ -1,0 +1,123 @@
+"""How SQL runs: the one place that knows SQLite from PostgreSQL.
+
+Every store operation is a plain function of a SQLAlchemy `Connection`; a runner decides where it
+runs. SQLite goes through the standard library driver *synchronously*: a primary-key read in the
+event loop's thread costs tens of microseconds, where an async driver spends most of a
+millisecond on thread hops per statement. Its writes run on one dedicated thread (SQLite allows
+one writer anyway), a whole group-commit batch per hop, so an fsync never blocks the event loop.
+PostgreSQL goes through asyncpg, with the same functions run by `AsyncConnection.run_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+SyncOp = Callable[[Connection], Any]
+
+DEFAULT_POOL_SIZE = 10  # PostgreSQL connections per coordinator
+
+
+class Runner(Protocol):
+    dialect: str
+
+    async def read(self, op: Callable[[Connection], T]) -> T:
+        """Run `op` on a connection outside any explicit transaction."""
+        ...
+
+    async def transaction(self, ops: list[SyncOp]) -> list[Any]:
+        """Run `ops` in one transaction, committed before this returns; their results."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def async_url(url: str) -> str:
+    """Pick the async driver for a plain database URL (`sqlite:///…`, `postgresql://…`)."""
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    backend = parsed.get_backend_name()
+    if backend not in driver:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+    if parsed.drivername in (backend, "postgres"):
+        parsed = parsed.set(drivername=driver[backend])
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
+    """An async engine (migrations, and PostgreSQL at run time)."""
+    url = async_url(url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def open_runner(url: str) -> Runner:
+    if make_url(url).get_backend_name() == "sqlite":
+        return SqliteRunner(url)
+    return AsyncRunner(create_engine(url))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class SqliteRunner:
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+        # Connections move between the loop's thread (reads) and the writer thread, never
+        # used by two at once: the pool hands each to one user at a time.
+        self.engine = sqlalchemy.create_engine(
+            sync_url, pool_size=4, max_overflow=0, connect_args={"check_same_thread": False}
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
+
+    async def read(self, op: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return op(conn)
+
+    async def transaction(self, ops: list[SyncOp]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._transaction, ops)
+
+    def _transaction(self, ops: list[SyncOp]) -> list[Any]:
+        with self.engine.begin() as conn:
+            return [op(conn) for op in ops]
+
+    async def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self.engine.dispose()
+
+
+class AsyncRunner:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def read(self, op: Callable[[Connection], T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(op)
+
+    async def transaction(self, ops: list[SyncOp]) -> list[Any]:
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(lambda sync_conn: [op(sync_conn) for op in ops])
+
+    async def close(self) -> None:
+        await self.engine.dispose()
