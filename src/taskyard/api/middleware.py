@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 
@@ -11,6 +12,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+_REQUEST_PREFIX = uuid.uuid4().hex[:12]  # unique per process
+_request_numbers = itertools.count(1)
+
+
+def _new_request_id() -> bytes:
+    # A process prefix and a counter: unique, and cheaper than a uuid4 per request.
+    return f"{_REQUEST_PREFIX}-{next(_request_numbers):x}".encode()
 
 
 class RequestId:
@@ -24,7 +34,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
-        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex.encode()
+        request_id = given if _SAFE_ID.match(given) else _new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
         async def send_with_id(message: Message) -> None:

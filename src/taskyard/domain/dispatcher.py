@@ -20,7 +20,15 @@ from taskyard import auth
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import Wakeable
-from taskyard.domain.models import ErrorCode, Server, ServerStatus, Task, TaskStatus, now_ms
+from taskyard.domain.models import (
+    FINAL_STATUSES,
+    ErrorCode,
+    Server,
+    ServerStatus,
+    Task,
+    TaskStatus,
+    now_ms,
+)
 from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
 from taskyard.storage.base import Store, TaskUpdate
 
@@ -141,9 +149,13 @@ class Dispatcher(Wakeable):
         Every task state change on this node goes through here.
         """
         won = await self.store.update_tasks(updates)
-        changed = [u.task_id for u, ok in zip(updates, won, strict=True) if ok]
-        if changed:
-            self.events.changed(changed)
+        if any(won):
+            # Waiters (GET ?wait=) only care about final states.
+            self.events.changed(
+                u.task_id
+                for u, ok in zip(updates, won, strict=True)
+                if ok and u.values.get("status") in FINAL_STATUSES
+            )
             for update, ok in zip(updates, won, strict=True):
                 due = update.values.get("next_attempt_at")
                 if ok and due is not None and (self._next_retry_at or due + 1) > due:

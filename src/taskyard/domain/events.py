@@ -1,8 +1,8 @@
 """In-process notice of task changes, so a client can wait for a result instead of polling.
 
-Whoever commits a change to a task on this node calls `changed(task_id)`; `watch(task_id)` gives a
-future that completes on the next such call. Changes made by another coordinator are not seen
-here, so waiters also re-read the database at a fallback interval (`Coordinator.wait_task`).
+Whoever commits a task's move to a final state on this node calls `changed(task_id)`;
+`watch(task_id)` gives a future that completes on the next such call. Changes made by another
+coordinator are not seen here, so waiters also re-read the database at a fallback interval.
 """
 
 from __future__ import annotations
