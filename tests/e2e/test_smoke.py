@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests.support import MockBackend, Taskyard
 
 
@@ -14,3 +16,27 @@ def test_sync_backend_finishes_task(taskyard: Taskyard, mock_factory) -> None:
     assert task["serverId"] == "sync-1"
     assert task["result"]["data"]["echo"] == {"model": "m", "prompt": "hi"}
     assert task["attempts"][0]["serverId"] == "sync-1"
+
+
+def test_long_poll_answers_when_the_task_is_final(taskyard: Taskyard, mock_factory) -> None:
+    """GET ?wait= returns as soon as the task is final, in one request."""
+    backend: MockBackend = mock_factory("slowish", "--delay-ms", "400")
+    taskyard.register_online(backend)
+    task_id = taskyard.submit()
+    started = time.monotonic()
+    response = taskyard.admin.get(f"/api/task/{task_id}", params={"wait": 20}, timeout=30)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.json()["taskDetails"]["status"] == "FINISHED"
+    assert 0.3 < elapsed < 10
+
+
+def test_long_poll_gives_up_after_the_wait(taskyard: Taskyard) -> None:
+    """With nothing to run it, GET ?wait= answers with the current state after the wait."""
+    task_id = taskyard.submit({"model": "nobody"})
+    started = time.monotonic()
+    response = taskyard.admin.get(f"/api/task/{task_id}", params={"wait": 0.6}, timeout=30)
+    assert response.json()["taskDetails"]["status"] == "WAITING"
+    assert time.monotonic() - started >= 0.55
+    bad = taskyard.admin.get(f"/api/task/{task_id}", params={"wait": 600})
+    assert bad.status_code == 400
