@@ -111,6 +111,8 @@ class Dispatcher(Wakeable):
 
     async def dispatch_due(self, now: int) -> bool:
         """Assign and send due WAITING tasks; return whether a full batch was taken."""
+        if not await self.store.has_due_tasks(now=now):
+            return False  # the common idle case: one indexed probe, no server list
         servers = [
             s
             for s in await self.store.list_servers()

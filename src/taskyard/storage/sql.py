@@ -90,6 +90,12 @@ class SqlStore:
             query = query.where(tasks.c.model.in_(list(models)))
         return await self._tasks(query)
 
+    async def has_due_tasks(self, *, now: int) -> bool:
+        """Whether any WAITING task is due: the dispatcher's cheap first question."""
+        return await self.runner.read(
+            lambda conn: conn.execute(_ANY_DUE, {"now": now}).first() is not None
+        )
+
     async def next_due_at(self) -> int | None:
         """When the earliest WAITING task becomes due (retry backoff), if any."""
         query = select(func.min(tasks.c.next_attempt_at)).where(
@@ -225,6 +231,11 @@ _IN_FLIGHT = (
     .where(tasks.c.server_id == servers.c.id, tasks.c.status == TaskStatus.PROCESSING.value)
     .scalar_subquery()
     .label("in_flight")
+)
+_ANY_DUE = (
+    select(tasks.c.id)
+    .where(tasks.c.status == TaskStatus.WAITING.value, tasks.c.next_attempt_at <= bindparam("now"))
+    .limit(1)
 )
 _LIST_SERVERS = select(servers, _IN_FLIGHT).order_by(servers.c.id)
 _GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
