@@ -11,6 +11,7 @@ PostgreSQL goes through asyncpg, with the same functions run by `AsyncConnection
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -24,6 +25,7 @@ T = TypeVar("T")
 SyncOp = Callable[[Connection], Any]
 
 DEFAULT_POOL_SIZE = 10  # PostgreSQL connections per coordinator
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class Runner(Protocol):
@@ -88,6 +90,10 @@ class SqliteRunner:
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
+        # The sqlite3 module drops the GIL inside each statement; taking it back waits for the
+        # writer thread's switch interval (5 ms by default), which stalled reads in the event
+        # loop. A shorter interval keeps those waits short.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
 
     async def read(self, op: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
