@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Path
 
 from taskyard.api import present
 from taskyard.api.deps import AdminDep, AdminOrServiceDep, CoordinatorDep
+from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import (
     ID_PATTERN,
     CleanupIn,
@@ -61,9 +62,11 @@ async def register_server(
 
 
 @router.get("", response_model=ServersOut, responses=_ERRORS)
-async def list_servers(coordinator: CoordinatorDep, _admin: AdminDep) -> dict[str, Any]:
+async def list_servers(coordinator: CoordinatorDep, _admin: AdminDep) -> JsonResponse:
     """List every registered server with its status, load and health."""
-    return {"servers": [present.server_out(s) for s in await coordinator.list_servers()]}
+    # Serialized directly: validating a thousand entries against ServerOut took ~100 ms.
+    servers = [present.server_out(s) for s in await coordinator.list_servers()]
+    return JsonResponse({"servers": servers})
 
 
 @router.post("/cleanup", response_model=CleanupOut, responses=_ERRORS)
