@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from taskyard import errors
 from taskyard.api.responses import JsonResponse
+from taskyard.api.schemas import ErrorOut
 
 REQUEST_ID = "X-Request-Id"
 
@@ -72,3 +73,17 @@ def install(app: FastAPI) -> None:
         request_id = getattr(request.state, "request_id", None)
         headers = {REQUEST_ID: request_id} if isinstance(request_id, str) else None
         return error_response(500, "Internal server error", headers=headers)
+
+
+def documented(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, e.g. `documented(e404="No such task")`.
+
+    400, 401 and 413 are documented everywhere with standard texts; a route adds or overrides
+    the rest by status (`e403=…`, `e409=…`).
+    """
+    texts = {
+        "400": "Invalid body or parameters",
+        "401": "Missing, invalid or expired token",
+        "413": "Body too large",
+    } | {name.removeprefix("e"): text for name, text in descriptions.items()}
+    return {int(code): {"model": ErrorOut, "description": text} for code, text in texts.items()}

@@ -3,6 +3,7 @@ PostgreSQL; where they run (and every other dialect difference) is `runners.py`'
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -283,62 +284,22 @@ def _task_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+# Domain fields and columns share their names; only these differ in representation.
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+_SERVER_FIELDS = tuple(f.name for f in dataclasses.fields(Server) if f.name != "in_flight")
+
+
 def _task_row(task: Task) -> dict[str, Any]:
-    return _task_values(
-        {
-            "id": task.id,
-            "owner": task.owner,
-            "model": task.model,
-            "request": task.request,
-            "status": task.status.value,
-            "priority": task.priority,
-            "attempt": task.attempt,
-            "max_attempts": task.max_attempts,
-            "timeout_s": task.timeout_s,
-            "server_id": task.server_id,
-            "result": task.result,
-            "progress": task.progress,
-            "error": task.error,
-            "error_code": task.error_code,
-            "callback_url": task.callback_url,
-            "attempts": task.attempts,
-            "created_at": task.created_at,
-            "updated_at": task.updated_at,
-            "started_at": task.started_at,
-            "finished_at": task.finished_at,
-            "deadline_at": task.deadline_at,
-            "next_attempt_at": task.next_attempt_at,
-            "queue_deadline_at": task.queue_deadline_at,
-        }
-    )
+    return _task_values({name: getattr(task, name) for name in _TASK_FIELDS})
 
 
 def _task_from_row(row: Row[Any]) -> Task:
-    return Task(
-        id=row.id,
-        owner=row.owner,
-        model=row.model,
-        request=orjson.loads(row.request),
-        status=TaskStatus(row.status),
-        priority=row.priority,
-        attempt=row.attempt,
-        max_attempts=row.max_attempts,
-        timeout_s=row.timeout_s,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        server_id=row.server_id,
-        result=orjson.loads(row.result) if row.result is not None else None,
-        progress=row.progress,
-        error=row.error,
-        error_code=row.error_code,
-        callback_url=row.callback_url,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        deadline_at=row.deadline_at,
-        next_attempt_at=row.next_attempt_at,
-        queue_deadline_at=row.queue_deadline_at,
-        attempts=tuple(AttemptRecord.from_json(a) for a in orjson.loads(row.attempts)),
-    )
+    fields = {name: getattr(row, name) for name in _TASK_FIELDS}
+    fields["request"] = orjson.loads(row.request)
+    fields["status"] = TaskStatus(row.status)
+    fields["result"] = orjson.loads(row.result) if row.result is not None else None
+    fields["attempts"] = tuple(AttemptRecord.from_json(a) for a in orjson.loads(row.attempts))
+    return Task(**fields)
 
 
 def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,61 +313,13 @@ def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _server_row(server: Server) -> dict[str, Any]:
-    return _server_values(
-        {
-            "id": server.id,
-            "name": server.name,
-            "provider": server.provider,
-            "predict_url": server.predict_url,
-            "health_url": server.health_url,
-            "is_async": server.is_async,
-            "callback": server.callback,
-            "max_concurrency": server.max_concurrency,
-            "models": server.models,
-            "weight": server.weight,
-            "extra": server.extra,
-            "status": server.status,
-            "registered_at": server.registered_at,
-            "last_heartbeat": server.last_heartbeat,
-            "last_check_at": server.last_check_at,
-            "last_success_at": server.last_success_at,
-            "offline_since": server.offline_since,
-            "consecutive_successes": server.consecutive_successes,
-            "consecutive_failures": server.consecutive_failures,
-            "dispatch_failures": server.dispatch_failures,
-            "check_interval_s": server.check_interval_s,
-            "next_check_at": server.next_check_at,
-            "last_error": server.last_error,
-            "reported_load": server.reported_load,
-        }
-    )
+    return _server_values({name: getattr(server, name) for name in _SERVER_FIELDS})
 
 
 def _server_from_row(row: Row[Any]) -> Server:
-    return Server(
-        id=row.id,
-        name=row.name,
-        provider=row.provider,
-        predict_url=row.predict_url,
-        health_url=row.health_url,
-        is_async=row.is_async,
-        callback=row.callback,
-        max_concurrency=row.max_concurrency,
-        models=tuple(orjson.loads(row.models)),
-        weight=row.weight,
-        extra=orjson.loads(row.extra),
-        status=ServerStatus(row.status),
-        registered_at=row.registered_at,
-        last_heartbeat=row.last_heartbeat,
-        last_check_at=row.last_check_at,
-        last_success_at=row.last_success_at,
-        offline_since=row.offline_since,
-        consecutive_successes=row.consecutive_successes,
-        consecutive_failures=row.consecutive_failures,
-        dispatch_failures=row.dispatch_failures,
-        check_interval_s=row.check_interval_s,
-        next_check_at=row.next_check_at,
-        last_error=row.last_error,
-        reported_load=orjson.loads(row.reported_load) if row.reported_load else None,
-        in_flight=row.in_flight,
-    )
+    fields = {name: getattr(row, name) for name in _SERVER_FIELDS}
+    fields["models"] = tuple(orjson.loads(row.models))
+    fields["extra"] = orjson.loads(row.extra)
+    fields["status"] = ServerStatus(row.status)
+    fields["reported_load"] = orjson.loads(row.reported_load) if row.reported_load else None
+    return Server(**fields, in_flight=row.in_flight)

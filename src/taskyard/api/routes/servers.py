@@ -8,12 +8,12 @@ from fastapi import APIRouter, Body, Path
 
 from taskyard.api import present
 from taskyard.api.deps import AdminDep, AdminOrServiceDep, CoordinatorDep
+from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import (
     ID_PATTERN,
     CleanupIn,
     CleanupOut,
-    ErrorOut,
     HeartbeatIn,
     HeartbeatOut,
     OkOut,
@@ -27,15 +27,8 @@ from taskyard.domain.registry import Registration
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
 ServerId = Annotated[str, Path(pattern=ID_PATTERN)]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Invalid body or parameters"},
-    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
-    403: {"model": ErrorOut, "description": "Not an admin"},
-    413: {"model": ErrorOut, "description": "Body too large"},
-}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "No such server"}
-}
+_ERRORS = documented(e403="Not an admin")
+_NOT_FOUND = documented(e403="Not an admin", e404="No such server")
 
 
 @router.post("", response_model=RegisterOut, responses=_ERRORS)
@@ -81,7 +74,7 @@ async def cleanup(
     return {"success": True, "removedServers": removed}
 
 
-@router.get("/{server_id}", response_model=ServerOut, responses=_ERRORS | _NOT_FOUND)
+@router.get("/{server_id}", response_model=ServerOut, responses=_NOT_FOUND)
 async def get_server(
     server_id: ServerId, coordinator: CoordinatorDep, _admin: AdminDep
 ) -> dict[str, Any]:
@@ -92,9 +85,7 @@ async def get_server(
 @router.post(
     "/{server_id}/heartbeat",
     response_model=HeartbeatOut,
-    responses=_ERRORS
-    | _NOT_FOUND
-    | {403: {"model": ErrorOut, "description": "Neither an admin nor this server's token"}},
+    responses=_NOT_FOUND | documented(e403="Neither an admin nor this server's token"),
 )
 async def heartbeat(
     server_id: ServerId,
@@ -108,7 +99,7 @@ async def heartbeat(
     return {"id": server.id, "success": True, "lastHeartbeat": present.iso(server.last_heartbeat)}
 
 
-@router.delete("/{server_id}", response_model=OkOut, responses=_ERRORS | _NOT_FOUND)
+@router.delete("/{server_id}", response_model=OkOut, responses=_NOT_FOUND)
 async def delete_server(
     server_id: ServerId, coordinator: CoordinatorDep, _admin: AdminDep
 ) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from taskyard.api import present
 from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
+from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
-from taskyard.api.schemas import MAX_ID_LENGTH, ErrorOut, TaskCreate, TaskOut, TaskResultIn
+from taskyard.api.schemas import MAX_ID_LENGTH, TaskCreate, TaskOut, TaskResultIn
 from taskyard.domain.models import TaskOptions, TaskStatus
 from taskyard.domain.service import Report
 
@@ -18,15 +19,9 @@ router = APIRouter(prefix="/api/task", tags=["tasks"])
 MAX_WAIT_S = 60.0  # longest long poll; proxies commonly cut idle requests not much later
 
 TaskId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Invalid body or parameters"},
-    401: {"model": ErrorOut, "description": "Missing, invalid or expired token"},
-    403: {"model": ErrorOut, "description": "The token lacks the needed role"},
-    413: {"model": ErrorOut, "description": "Body too large"},
-}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "No such task (or not yours)"}
-}
+_FORBIDDEN = "The token lacks the needed role"
+_ERRORS = documented(e403=_FORBIDDEN)
+_NOT_FOUND = documented(e403=_FORBIDDEN, e404="No such task (or not yours)")
 
 
 @router.post("", response_model=TaskOut, responses=_ERRORS)
@@ -56,7 +51,7 @@ async def create_task(
     return JsonResponse(present.task_out(task))
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS | _NOT_FOUND)
+@router.get("/{task_id}", response_model=TaskOut, responses=_NOT_FOUND)
 async def get_task(
     task_id: TaskId,
     coordinator: CoordinatorDep,
@@ -81,9 +76,7 @@ async def get_task(
 @router.put(
     "/{task_id}",
     response_model=TaskOut,
-    responses=_ERRORS
-    | _NOT_FOUND
-    | {409: {"model": ErrorOut, "description": "Superseded attempt or final task"}},
+    responses=_NOT_FOUND | documented(e409="Superseded attempt or final task"),
 )
 async def report_task(
     task_id: TaskId, body: TaskResultIn, coordinator: CoordinatorDep, principal: AdminOrServiceDep
@@ -103,9 +96,7 @@ async def report_task(
 @router.post(
     "/{task_id}/cancel",
     response_model=TaskOut,
-    responses=_ERRORS
-    | _NOT_FOUND
-    | {409: {"model": ErrorOut, "description": "The task is already final"}},
+    responses=_NOT_FOUND | documented(e409="The task is already final"),
 )
 async def cancel_task(
     task_id: TaskId, coordinator: CoordinatorDep, principal: ClientDep
