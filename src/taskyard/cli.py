@@ -86,9 +86,12 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
 
 def _print_dev_banner(settings: Settings) -> None:
     token = auth.mint(settings.jwt_secret, sub="admin", roles=[auth.ADMIN], ttl_s=24 * 3600)
+    from sqlalchemy.engine import make_url
+
     base = f"http://{settings.host}:{settings.port}"
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
     click.echo(
-        f"taskyard (development) on {base}  docs: {base}/docs  database: {settings.database_url}\n"
+        f"taskyard (development) on {base}  docs: {base}/docs  database: {database}\n"
         f"admin token (24 h):\n  {token}\n"
         "mint more with: taskyard token --role user --sub alice [--ttl 3600]\n",
         err=True,

@@ -76,3 +76,20 @@ def test_production_refuses_to_start_without_a_strong_secret(tmp_path: Path) -> 
     assert done.returncode == 3
     assert "TASKYARD_JWT_SECRET" in done.stderr
     assert "short" not in done.stderr.replace("TASKYARD_JWT_SECRET", "")
+
+
+def test_serve_output_never_shows_secrets(tmp_path: Path) -> None:
+    """Neither the JWT secret nor a database password appears in serve's output, even when
+    the database is unreachable and start-up fails."""
+    password, secret = "hunter2-db-password", "jwt-" + "s" * 40
+    done = _taskyard(
+        "serve",
+        cwd=tmp_path,
+        TASKYARD_DATABASE_URL=f"postgresql://taskyard:{password}@127.0.0.1:1/none",
+        TASKYARD_JWT_SECRET=secret,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "127.0.0.1:1" in output  # it did say where it tried
+    assert password not in output
+    assert secret not in output
