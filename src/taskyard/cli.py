@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import types
 from typing import Any, Union, get_args, get_origin
@@ -93,9 +94,18 @@ def _print_dev_banner(settings: Settings) -> None:
     click.echo(
         f"taskyard (development) on {base}  docs: {base}/docs  database: {database}\n"
         f"admin token (24 h):\n  {token}\n"
-        "mint more with: taskyard token --role user --sub alice [--ttl 3600]\n",
+        f"mint more with: {_command()} token --role user --sub alice [--ttl 3600]\n",
         err=True,
     )
+
+
+def _command() -> str:
+    """How this command was invoked (`.venv/bin/taskyard` from a checkout, else `taskyard`)."""
+    invoked = sys.argv[0]
+    if not invoked.endswith("taskyard"):
+        return "taskyard"
+    relative = os.path.relpath(invoked)
+    return relative if not relative.startswith("..") else invoked
 
 
 @main.command()
