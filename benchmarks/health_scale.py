@@ -38,13 +38,12 @@ import aiohttp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import (
+from benchmarks.fleet import (
     Child,
     Children,
     admin_headers,
     cpu_seconds,
     list_servers,
-    percentile,
     raise_on_sigterm,
     register,
     server_body,
@@ -53,6 +52,7 @@ from benchmarks.run import (
     wait_online,
     wait_ready,
 )
+from benchmarks.run import percentile
 
 REGISTER_CONCURRENCY = 16
 

@@ -7,9 +7,9 @@ What it measures, on this machine, in one run:
   backends answer 202 and the client polls ``GET /result/{id}`` on the backend until it is there.
 * ``taskyard``: the same N requests submitted to one ``taskyard serve`` coordinator (fresh SQLite
   file) by C concurrent clients. Each client submits (``POST /api/task``) and then polls
-  ``GET /api/task/{id}`` every ``--poll-ms`` until the task is final, as a user would; latency is
-  from the submit to the poll that first reads ``FINISHED``, so it includes up to one poll
-  interval of waiting. Throughput is N divided by the time from the first submit to the last
+  ``GET /api/task/{id}?wait=30`` (a long poll that answers once the task is final; ``--wait-s 0``
+  polls every ``--poll-ms`` instead); latency is from the submit to the answer that first reads
+  ``FINISHED``. Throughput is N divided by the time from the first submit to the last
   task read as final.
 
 It prints one table (throughput, latency p50/p99, taskyard/direct ratios), then the final task
@@ -23,8 +23,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/run.py --help
     .venv/bin/python benchmarks/run.py --profile /tmp/prof.out   # cProfile the coordinator
 
-The helpers here (process management, tokens, CPU accounting) are reused by
-``benchmarks/health_scale.py``.
+Process management, tokens and CPU accounting live in ``benchmarks/fleet.py``.
 """
 
 from __future__ import annotations
@@ -32,12 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import pstats
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,254 +41,28 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
-import jwt
 
-HOST = "127.0.0.1"
-SECRET = "taskyard-benchmark-secret-" + "s" * 40  # HS256 key; 40+ characters
-FINAL_STATUSES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-READY_TIMEOUT_S = 60.0
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-# ---- child processes -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without TASKYARD_* variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Child:
-    """One child process serving HTTP on 127.0.0.1:port, in its own process group."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-class Children:
-    """Starts child processes and makes sure every one of them is gone at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Child] = []
-
-    def spawn(self, name: str, args: list[str], *, port: int, env: dict[str, str]) -> Child:
-        log = self.workdir / f"{name}.log"
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                args,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                start_new_session=True,  # own process group: Ctrl-C here is ours to forward
-            )
-        child = Child(name, popen, port, log)
-        self.started.append(child)
-        return child
-
-    def stop(
-        self, child: Child, sig: signal.Signals = signal.SIGINT, grace_s: float = 10.0
-    ) -> None:
-        """Signal the child's process group, then SIGKILL it if it outlives `grace_s`.
-
-        SIGINT by default: both servers shut down gracefully on it, and uvicorn re-raises it
-        after its shutdown, which a cProfile-wrapped coordinator survives to write its profile
-        (a re-raised SIGTERM would kill it first).
-        """
-        if child.popen.poll() is None:
-            _signal_group(child.pid, sig)
-            try:
-                child.popen.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_group(child.pid, signal.SIGKILL)  # leftovers of the group, if any
-        if child.popen.poll() is None:
-            child.popen.wait(5)
-
-    def stop_all(self) -> None:
-        for child in reversed(self.started):
-            try:
-                self.stop(child)
-            except Exception as exc:  # keep stopping the others
-                print(f"could not stop {child.name} (pid {child.pid}): {exc}", file=sys.stderr)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def taskyard_cmd(*args: str, profile: Path | None = None) -> list[str]:
-    """`python -m taskyard ...`, optionally under cProfile writing to `profile`."""
-    prefix = [sys.executable]
-    if profile is not None:
-        prefix += ["-m", "cProfile", "-o", str(profile)]
-    return [*prefix, "-m", "taskyard", *args]
-
-
-def start_mock_backend(
-    children: Children, server_id: str, *, delay_ms: float, force_async: bool
-) -> Child:
-    port = free_port()
-    args = ["mock-backend", "--port", str(port), "--server-id", server_id]
-    args += ["--delay-ms", str(delay_ms)]
-    if force_async:
-        args.append("--async")
-    return children.spawn(f"mock-{server_id}", taskyard_cmd(*args), port=port, env=clean_env())
-
-
-def start_coordinator(
-    children: Children,
-    database_url: str,
-    *,
-    env: dict[str, str] | None = None,
-    profile: Path | None = None,
-) -> Child:
-    port = free_port()
-    full_env = clean_env(
-        TASKYARD_JWT_SECRET=SECRET,
-        TASKYARD_DATABASE_URL=database_url,
-        TASKYARD_PORT=str(port),
-        **(env or {}),
-    )
-    args = taskyard_cmd("serve", "--log-level", "warning", profile=profile)
-    return children.spawn("taskyard", args, port=port, env=full_env)
-
-
-async def wait_ready(
-    session: aiohttp.ClientSession, child: Child, path: str, timeout_s: float = READY_TIMEOUT_S
-) -> None:
-    """Poll `path` until it answers below 500; fail early if the child died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.popen.poll() is not None:
-            raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
-        try:
-            async with session.get(child.url + path) as response:
-                if response.status < 500:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{child.name} did not listen within {timeout_s} s:\n{child.log_tail()}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # After the command name: state is field 3 of stat(5), utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_of(children: Sequence[Child]) -> float:
-    return sum(cpu_seconds(child.pid) for child in children)
-
-
-def admin_headers(ttl_s: float = 24 * 3600) -> dict[str, str]:
-    payload = {"sub": "bench", "roles": ["admin"], "exp": int(time.time() + ttl_s)}
-    return {"Authorization": "Bearer " + jwt.encode(payload, SECRET, algorithm="HS256")}
-
-
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so that `finally` blocks stop the children."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-# ---- servers --------------------------------------------------------------------------------
-
-
-def server_body(
-    server_id: str, backend_url: str, *, capacity: int, is_async: bool
-) -> dict[str, Any]:
-    return {
-        "id": server_id,
-        "endpoints": {"predict": backend_url + "/predict", "health": backend_url + "/health"},
-        "provider": "bench",
-        "name": server_id,
-        "async": is_async,
-        "max_concurrency": capacity,
-        "models": [],
-    }
-
-
-async def register(
-    session: aiohttp.ClientSession, base: str, headers: dict[str, str], body: dict[str, Any]
-) -> None:
-    async with session.post(f"{base}/api/servers", json=body, headers=headers) as response:
-        if response.status != 200:
-            raise RuntimeError(
-                f"registering {body['id']}: {response.status} {await response.text()}"
-            )
-
-
-async def list_servers(
-    session: aiohttp.ClientSession, base: str, headers: dict[str, str]
-) -> list[dict[str, Any]]:
-    async with session.get(f"{base}/api/servers", headers=headers) as response:
-        response.raise_for_status()
-        servers: list[dict[str, Any]] = (await response.json())["servers"]
-        return servers
-
-
-async def wait_online(
-    session: aiohttp.ClientSession,
-    base: str,
-    headers: dict[str, str],
-    count: int,
-    timeout_s: float = 120.0,
-    poll_s: float = 0.2,
-) -> None:
-    """Wait until `count` servers are registered and online."""
-    deadline = time.monotonic() + timeout_s
-    online = 0
-    while time.monotonic() < deadline:
-        servers = await list_servers(session, base, headers)
-        online = sum(1 for s in servers if s["status"] == "online")
-        if online >= count:
-            return
-        await asyncio.sleep(poll_s)
-    raise RuntimeError(f"only {online} of {count} servers online after {timeout_s} s")
-
+from benchmarks.fleet import (
+    FINAL_STATUSES,
+    Child,
+    Children,
+    admin_headers,
+    cpu_of,
+    cpu_seconds,
+    raise_on_sigterm,
+    register,
+    server_body,
+    start_coordinator,
+    start_mock_backend,
+    wait_online,
+    wait_ready,
+)
 
 # ---- load generation ------------------------------------------------------------------------
 

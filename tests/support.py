@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,14 @@ def mock_info(backend: MockBackend) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     info: dict[str, Any] = response.json()
     return info
+
+
+@contextlib.contextmanager
+def running_taskyard(workdir: Path, **env: Any) -> Iterator[Taskyard]:
+    """A coordinator for the length of a `with` block (module-scoped fixtures use this)."""
+    node = start_taskyard(workdir, **env)
+    try:
+        yield node
+    finally:
+        node.stop()
+        node.admin.close()

@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import SECRET, MockBackend, Taskyard, bearer, token
+from tests.support import SECRET, MockBackend, Taskyard, bearer, running_taskyard, token
 
 BACKEND_ID = "b1"
 # The backend answers 202 and calls back only after a minute: its tasks stay PROCESSING.
@@ -29,11 +29,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def yard(workdir: Path) -> Iterator[Taskyard]:
-    node = Taskyard(database_url=f"sqlite:///{workdir / 'taskyard.db'}", workdir=workdir, env={})
-    node.start()
-    yield node
-    node.stop()
-    node.admin.close()
+    with running_taskyard(workdir) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from taskyard.api.app import create_app
 from taskyard.api.schemas import MAX_JSON_DEPTH
 from taskyard.config import Settings
-from tests.support import SECRET, Taskyard
+from tests.support import SECRET, Taskyard, running_taskyard
 
 LIMIT = 2048  # TASKYARD_MAX_BODY_BYTES for the node with a lowered limit
 DEFAULT_LIMIT = 1_048_576
@@ -21,12 +21,8 @@ DEFAULT_LIMIT = 1_048_576
 @pytest.fixture(scope="module")
 def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
     """One coordinator with no backends: tasks stay WAITING, nothing moves under the tests."""
-    workdir = tmp_path_factory.mktemp("bad-input")
-    node = Taskyard(database_url=f"sqlite:///{workdir / 'taskyard.db'}", workdir=workdir, env={})
-    node.start()
-    yield node
-    node.stop()
-    node.admin.close()
+    with running_taskyard(tmp_path_factory.mktemp("bad-input")) as node:
+        yield node
 
 
 def counts(yard: Taskyard) -> tuple[int, int]:

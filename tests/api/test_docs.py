@@ -10,7 +10,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.support import Taskyard
+from tests.support import Taskyard, running_taskyard
 
 # Every route of SPEC §2 with its methods (and nothing undocumented under /api).
 API_ROUTES: dict[str, set[str]] = {
@@ -29,12 +29,8 @@ CONFLICTS = [("/api/task/{task_id}", "put"), ("/api/task/{task_id}/cancel", "pos
 
 @pytest.fixture(scope="module")
 def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    workdir = tmp_path_factory.mktemp("docs")
-    node = Taskyard(database_url=f"sqlite:///{workdir / 'taskyard.db'}", workdir=workdir, env={})
-    node.start()
-    yield node
-    node.stop()
-    node.admin.close()
+    with running_taskyard(tmp_path_factory.mktemp("docs")) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
