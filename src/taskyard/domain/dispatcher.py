@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +57,6 @@ class Dispatcher(Wakeable):
         client: BackendClient,
         policy: DispatchPolicy,
         events: TaskEvents | None = None,
-        on_server_failed: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__()
@@ -67,7 +65,6 @@ class Dispatcher(Wakeable):
         self.policy = policy
         self.events = events or TaskEvents()
         self.rng = rng or random.Random()
-        self._on_server_failed = on_server_failed or (lambda _id: None)
         self._sending: set[asyncio.Task[None]] = set()
         self._last_sweep = 0.0
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
@@ -242,8 +239,6 @@ class Dispatcher(Wakeable):
                 values["offline_since"] = now_ms()
                 log.warning("server %s out of rotation after failed dispatch", server.id)
         await self.store.update_server(server.id, values)
-        if "status" in values:
-            self._on_server_failed(server.id)
 
     async def sweep(self, now: int) -> None:
         """Abandon attempts past their deadline; fail tasks past their queue deadline."""
