@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support import MockBackend, Taskyard
+from tests.support import MockBackend, Taskyard, wait_for
 
 
 def test_sync_backend_finishes_task(taskyard: Taskyard, mock_factory) -> None:
@@ -40,3 +40,18 @@ def test_long_poll_gives_up_after_the_wait(taskyard: Taskyard) -> None:
     assert time.monotonic() - started >= 0.55
     bad = taskyard.admin.get(f"/api/task/{task_id}", params={"wait": 600})
     assert bad.status_code == 400
+
+
+def test_final_tasks_are_purged_after_the_retention(taskyard_factory, mock_factory) -> None:
+    """Finished tasks disappear after TASKYARD_RESULT_RETENTION_S; open ones stay."""
+    node: Taskyard = taskyard_factory(result_retention_s=1)
+    node.register_online(mock_factory("quick"), models=["m"])
+    done = node.submit({"model": "m"})
+    waiting = node.submit({"model": "nobody"})
+    node.wait_status(done, "FINISHED")
+    wait_for(
+        lambda: node.admin.get(f"/api/task/{done}").status_code == 404,
+        timeout=10,
+        what="the finished task to be purged",
+    )
+    assert node.task(waiting)["status"] == "WAITING"
