@@ -1,0 +1,57 @@
+"""Servers registered without a health URL: judged by heartbeats and dispatch results alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.support import MockBackend, Taskyard, wait_for
+
+
+def _register_checkless(node: Taskyard, backend: MockBackend) -> dict[str, object]:
+    body = {
+        "id": backend.server_id,
+        "endpoints": {"predict": backend.url + "/predict"},
+        "provider": "test",
+        "name": backend.server_id,
+        "max_concurrency": 2,
+    }
+    response = node.admin.post("/api/servers", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+def test_checkless_server_lifecycle(
+    taskyard_factory: Callable[..., Taskyard], mock_factory: Callable[..., MockBackend]
+) -> None:
+    """Online at once; failed predicts take it offline; a heartbeat brings it back; then it
+    runs tasks again."""
+    node = taskyard_factory(offline_removal_s=60)
+    backend = mock_factory("no-health")
+    _register_checkless(node, backend)
+    assert (node.server("no-health") or {})["status"] == "online"
+    node.wait_status(node.submit(), "FINISHED")
+
+    backend.control(fail_status=503)
+    failed = node.submit(max_attempts=2)  # two failed predicts in a row: out of rotation
+    node.wait_status(failed, "FAILED")
+    wait_for(lambda: (node.server("no-health") or {}).get("status") == "offline", what="offline")
+
+    backend.control(fail_status=None)
+    stuck = node.submit()
+    assert node.task(stuck)["status"] == "WAITING"
+    assert node.admin.post("/api/servers/no-health/heartbeat").status_code == 200
+    assert (node.server("no-health") or {})["status"] == "online"
+    node.wait_status(stuck, "FINISHED")
+
+
+def test_checkless_server_offline_too_long_is_removed(
+    taskyard_factory: Callable[..., Taskyard], mock_factory: Callable[..., MockBackend]
+) -> None:
+    """With no heartbeat to revive it, an offline check-less server is removed after the limit."""
+    node = taskyard_factory(offline_removal_s=1)
+    backend = mock_factory("no-health-2")
+    _register_checkless(node, backend)
+    backend.stop()  # connect errors take it offline at the first dispatch
+    node.submit(max_attempts=1)
+    wait_for(lambda: node.server("no-health-2") is None, timeout=15, what="removal")
