@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
+
+T = TypeVar("T")
 
 HOST = "127.0.0.1"
 SECRET = "taskyard-benchmark-secret-" + "s" * 40  # HS256 key; 40+ characters
@@ -262,3 +266,24 @@ async def wait_online(
             return
         await asyncio.sleep(poll_s)
     raise RuntimeError(f"only {online} of {count} servers online after {timeout_s} s")
+
+
+def run_in_workdir(
+    prefix: str, *, keep: bool, bench: Callable[[Children, Path], Coroutine[Any, Any, T]]
+) -> T | None:
+    """Run `bench` with a fresh temp dir and child-process set; always stop the children and
+    remove the dir (unless `keep`). Returns None when interrupted."""
+    raise_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    children = Children(workdir)
+    try:
+        return asyncio.run(bench(children, workdir))
+    except KeyboardInterrupt:
+        print("interrupted; stopping the child processes", file=sys.stderr)
+        return None
+    finally:
+        children.stop_all()  # a profiled coordinator writes its profile on the way out
+        if keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

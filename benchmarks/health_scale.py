@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +42,8 @@ from benchmarks.fleet import (
     admin_headers,
     cpu_seconds,
     list_servers,
-    raise_on_sigterm,
     register,
+    run_in_workdir,
     server_body,
     start_coordinator,
     start_mock_backend,
@@ -252,20 +250,9 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="taskyard-health-"))
-    children = Children(workdir)
-    try:
-        rows = asyncio.run(bench(opts, children, workdir))
-    except KeyboardInterrupt:
-        print("interrupted; stopping the child processes", file=sys.stderr)
+    rows = run_in_workdir("taskyard-health-", keep=opts.keep, bench=lambda c, w: bench(opts, c, w))
+    if rows is None:
         return 130
-    finally:
-        children.stop_all()
-        if opts.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\nhealth interval {opts.interval_s:g} s (min = max), {opts.backends} shared mock"
         f" backends, {opts.window_s:g} s window with no API traffic\n"

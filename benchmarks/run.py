@@ -32,9 +32,7 @@ import argparse
 import asyncio
 import math
 import pstats
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -55,8 +53,8 @@ from benchmarks.fleet import (
     admin_headers,
     cpu_of,
     cpu_seconds,
-    raise_on_sigterm,
     register,
+    run_in_workdir,
     server_body,
     start_coordinator,
     start_mock_backend,
@@ -423,20 +421,9 @@ def all_finished(report: Report) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="taskyard-bench-"))
-    children = Children(workdir)
-    try:
-        report = asyncio.run(bench(opts, children, workdir))
-    except KeyboardInterrupt:
-        print("interrupted; stopping the child processes", file=sys.stderr)
+    report = run_in_workdir("taskyard-bench-", keep=opts.keep, bench=lambda c, w: bench(opts, c, w))
+    if report is None:
         return 130
-    finally:
-        children.stop_all()  # a profiled coordinator writes its profile on the way out
-        if opts.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print_report(report, opts)
     if opts.profile is not None:
         print_profile(opts.profile)

@@ -7,18 +7,8 @@ from collections.abc import Callable
 from tests.support import MockBackend, Taskyard, wait_for
 
 
-def _register_checkless(node: Taskyard, backend: MockBackend) -> dict[str, object]:
-    body = {
-        "id": backend.server_id,
-        "endpoints": {"predict": backend.url + "/predict"},
-        "provider": "test",
-        "name": backend.server_id,
-        "max_concurrency": 2,
-    }
-    response = node.admin.post("/api/servers", json=body)
-    assert response.status_code == 200, response.text
-    result: dict[str, object] = response.json()
-    return result
+def _register_checkless(node: Taskyard, backend: MockBackend) -> None:
+    node.register(backend, endpoints={"predict": backend.url + "/predict"}, max_concurrency=2)
 
 
 def test_checkless_server_lifecycle(

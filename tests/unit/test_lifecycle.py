@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from taskyard.domain import lifecycle
-from taskyard.domain.models import ErrorCode, TaskStatus
+from taskyard.domain.models import ErrorCode, Task, TaskStatus
 from tests.unit.factories import make_task
+
+
+def _running(**overrides: Any) -> Task:
+    """A task as it is once its next attempt started on s1 at t = 5 s."""
+    _, task = lifecycle.start_attempt(
+        make_task(**overrides), server_id="s1", node_id="n1", callback_url="http://cb", now=5_000
+    )
+    return task
 
 
 def test_start_attempt_claims_a_waiting_task() -> None:
@@ -25,9 +34,7 @@ def test_start_attempt_claims_a_waiting_task() -> None:
 
 def test_finish_is_conditional_on_the_running_attempt() -> None:
     """A result applies only to the attempt and server that hold the task."""
-    _, running = lifecycle.start_attempt(
-        make_task(), server_id="s1", node_id="n1", callback_url="http://cb", now=5_000
-    )
+    running = _running()
     update, done = lifecycle.finish(running, result={"ok": 1}, now=6_000)
     assert update.expect_status == (TaskStatus.PROCESSING,)
     assert update.expect_attempt == 1
@@ -40,9 +47,7 @@ def test_finish_is_conditional_on_the_running_attempt() -> None:
 
 def test_retry_goes_back_to_waiting_with_backoff() -> None:
     """A failed attempt with tries left returns to WAITING, due after the backoff."""
-    _, running = lifecycle.start_attempt(
-        make_task(), server_id="s1", node_id="n1", callback_url="http://cb", now=5_000
-    )
+    running = _running()
     _, retried = lifecycle.retry_or_fail(
         running,
         error="boom",
@@ -61,13 +66,7 @@ def test_retry_goes_back_to_waiting_with_backoff() -> None:
 
 def test_last_attempt_failure_fails_the_task() -> None:
     """When the attempt limit is reached the task is FAILED with the error code."""
-    _, running = lifecycle.start_attempt(
-        make_task(attempt=2, max_attempts=3),
-        server_id="s1",
-        node_id="n1",
-        callback_url="http://cb",
-        now=5_000,
-    )
+    running = _running(attempt=2, max_attempts=3)
     _, failed = lifecycle.retry_or_fail(
         running,
         error="late",
@@ -91,9 +90,7 @@ def test_queue_deadline_only_applies_to_waiting() -> None:
 
 def test_cancel_a_running_task_closes_its_attempt() -> None:
     """Cancelling a PROCESSING task ends its current attempt record."""
-    _, running = lifecycle.start_attempt(
-        make_task(), server_id="s1", node_id="n1", callback_url="http://cb", now=5_000
-    )
+    running = _running()
     _, cancelled = lifecycle.cancel(running, now=7_000)
     assert cancelled.status is TaskStatus.CANCELLED
     assert cancelled.attempts[-1].ended_at == 7_000
