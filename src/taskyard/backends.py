@@ -20,11 +20,16 @@ ERROR_TEXT_LIMIT = 500  # characters of a backend's error body kept in the task'
 # Deeper results are refused: the store's JSON writer stops at 254 levels, and a result it could
 # not write would leave the task stuck until its deadline.
 MAX_RESULT_DEPTH = 128
+NODE_HEADER = "X-Taskyard-Node"
 
 
 class AiohttpBackendClient:
-    def __init__(self, *, max_response_bytes: int = 10_485_760, connections: int = 0) -> None:
+    def __init__(
+        self, *, max_response_bytes: int = 10_485_760, connections: int = 0, node_id: str = ""
+    ) -> None:
         self._max_response_bytes = max_response_bytes
+        # Backends (and their operators) can tell which coordinator node is calling.
+        self._headers = {NODE_HEADER: node_id} if node_id else {}
         self._connections = connections  # 0 = no limit; each server's capacity bounds it
         self._session: aiohttp.ClientSession | None = None
 
@@ -50,7 +55,7 @@ class AiohttpBackendClient:
             async with self.session.post(
                 url,
                 data=orjson.dumps(payload),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **self._headers},
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
@@ -70,7 +75,10 @@ class AiohttpBackendClient:
     async def health(self, url: str, *, timeout_s: float) -> HealthReply:
         try:
             async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
+                url,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
             ) as resp:
                 await resp.content.read(ERROR_TEXT_LIMIT)
                 if 200 <= resp.status < 300:

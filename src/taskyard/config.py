@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
     public_url: str = ""  # base of callback URLs; defaults to http://host:port
+    node_id: str = Field("", max_length=64)  # this node's name; default host name + random
     database_url: str = "sqlite:///./taskyard.db"
     jwt_secret: str = ""
 
@@ -63,6 +64,10 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.health_interval_max_s < self.health_interval_min_s:
             raise ValueError("TASKYARD_HEALTH_INTERVAL_MAX_S must be >= _MIN_S")
+        if self.node_timeout_s < 2 * self.chores_interval_s:
+            # A node renews its record every chores interval; a shorter timeout would declare
+            # live nodes dead between two renewals.
+            raise ValueError("TASKYARD_NODE_TIMEOUT_S must be at least twice _CHORES_INTERVAL_S")
         if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
             raise InsecureConfig(
                 f"production needs TASKYARD_JWT_SECRET of at least {MIN_SECRET_LENGTH} characters"

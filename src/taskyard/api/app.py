@@ -14,7 +14,7 @@ from taskyard import __version__
 from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
-from taskyard.api.routes import probes, servers, tasks
+from taskyard.api.routes import nodes, probes, servers, tasks
 from taskyard.auth import TokenVerifier
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
@@ -22,6 +22,7 @@ from taskyard.domain.dispatcher import DispatchPolicy
 from taskyard.domain.health import HealthPolicy
 from taskyard.domain.service import Coordinator, CoordinatorConfig
 from taskyard.storage.migrate import upgrade
+from taskyard.storage.notify import open_bus
 from taskyard.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(settings.database_url)
         store = SqlStore.open(settings.database_url)
-        client = AiohttpBackendClient(max_response_bytes=settings.max_backend_response_bytes)
+        node_id = settings.node_id or Coordinator.new_node_id()
+        client = AiohttpBackendClient(
+            max_response_bytes=settings.max_backend_response_bytes, node_id=node_id
+        )
         await client.open()
-        node_id = Coordinator.new_node_id()
         coordinator = Coordinator(
-            store=store, client=client, config=coordinator_config(settings, node_id)
+            store=store,
+            client=client,
+            config=coordinator_config(settings, node_id),
+            bus=open_bus(settings.database_url, node_id=node_id, send=store.notify),
         )
         app.state.coordinator = coordinator
         await coordinator.start()
@@ -101,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(tasks.router)
     app.include_router(servers.router)
+    app.include_router(nodes.router)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)

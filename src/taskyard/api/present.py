@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from taskyard.domain.models import Server, Task
+from taskyard.domain.models import Node, Server, Task
 
 
 def iso(ms: int | None) -> str | None:
@@ -68,4 +68,16 @@ def server_out(server: Server) -> dict[str, Any]:
             "lastError": server.last_error,
         },
         "load": server.reported_load,
+        "checkedBy": server.checked_by,
+    }
+
+
+def node_out(node: Node, *, alive: bool) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "host": node.host,
+        "startedAt": node.started_at,
+        "lastSeen": node.last_seen_at,
+        "alive": alive,
+        "leases": list(node.leases),
     }

@@ -76,6 +76,7 @@ class AttemptOut(BaseModel):
     endedAt: int | None = None
     error: str | None = None
     errorCode: str | None = None
+    nodeId: str | None = Field(None, description="the coordinator node that sent this attempt")
 
 
 class TaskDetails(BaseModel):
@@ -203,10 +204,24 @@ class ServerOut(BaseModel):
     inFlight: int
     health: HealthDetail
     load: dict[str, Any] | None
+    checkedBy: str | None = Field(None, description="the node that ran the last health check")
 
 
 class ServersOut(BaseModel):
     servers: list[ServerOut]
+
+
+class NodeOut(BaseModel):
+    id: str
+    host: str
+    startedAt: int
+    lastSeen: int
+    alive: bool = Field(description="seen within the node timeout")
+    leases: list[str] = Field(description='cluster duties it holds, e.g. "chores"')
+
+
+class NodesOut(BaseModel):
+    nodes: list[NodeOut]
 
 
 class HeartbeatIn(JsonIn):

@@ -1,4 +1,6 @@
-"""Periodic housekeeping: node liveness, offline-server removal, lost attempts, result purge."""
+"""Periodic housekeeping. Every node records itself and re-reads who else is alive; the cluster
+chores (recovering a dead node's attempts, removing long-offline servers, purging old results)
+run only on the node holding the "chores" lease, so they happen once, not once per node."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from taskyard.domain.models import ErrorCode, now_ms
 
 if TYPE_CHECKING:
     from taskyard.domain.service import Coordinator
+
+CHORES_LEASE = "chores"
 
 
 class Chores(Wakeable):
@@ -25,10 +29,30 @@ class Chores(Wakeable):
     async def step(self) -> float:
         c, now = self.c, now_ms()
         await c.store.touch_node(node_id=c.node_id, host=self.host, now=now)
-        await self.recover_lost_nodes(now)
-        await self.remove_offline_servers(now)
-        await c.store.purge_tasks(finished_before=now - int(c.config.result_retention_s * 1000))
+        await self.refresh_membership(now)
+        # The lease lapses with its holder: a node unseen for node_timeout_s is dead.
+        if await c.store.acquire_lease(
+            CHORES_LEASE, holder=c.node_id, now=now, ttl_ms=self.node_timeout_ms
+        ):
+            await self.recover_lost_nodes(now)
+            await self.remove_offline_servers(now)
+            await c.store.purge_tasks(finished_before=now - int(c.config.result_retention_s * 1000))
         return c.config.chores_interval_s
+
+    @property
+    def node_timeout_ms(self) -> int:
+        return int(self.c.config.node_timeout_s * 1000)
+
+    async def refresh_membership(self, now: int) -> None:
+        """Re-read the live nodes; when they changed, health checks are handed over."""
+        c = self.c
+        live = [
+            n.id
+            for n in await c.store.list_nodes()
+            if n.alive(now=now, timeout_ms=self.node_timeout_ms)
+        ]
+        if c.membership.update(live):
+            c.health.resync_soon(spread=True)
 
     async def recover_lost_nodes(self, now: int) -> None:
         """Attempts sent by a coordinator that died before any answer will never be answered:
@@ -36,7 +60,7 @@ class Chores(Wakeable):
         c = self.c
         dead = [
             n
-            for n in await c.store.dead_nodes(seen_before=now - int(c.config.node_timeout_s * 1000))
+            for n in await c.store.dead_nodes(seen_before=now - self.node_timeout_ms)
             if n != c.node_id
         ]
         if not dead:

@@ -29,7 +29,7 @@ from taskyard.domain.models import (
     now_ms,
 )
 from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
-from taskyard.storage.base import Store, TaskUpdate
+from taskyard.storage.base import Store, TaskUpdate, WaitingReader
 
 log = logging.getLogger(__name__)
 
@@ -110,37 +110,12 @@ class Dispatcher(Wakeable):
         """Assign and send due WAITING tasks; return whether a full batch was taken."""
         if not await self.store.has_due_tasks(now=now):
             return False  # the common idle case: one indexed probe, no server list
-        servers = [
-            s
-            for s in await self.store.list_servers()
-            if s.status is ServerStatus.ONLINE and s.free_slots > 0
-        ]
-        free = sum(s.free_slots for s in servers)
-        if free == 0:
-            return False
-        models = (
-            None if any(not s.models for s in servers) else {m for s in servers for m in s.models}
-        )
-        limit = min(self.policy.batch, free * 2 + 16)
-        waiting = await self.store.waiting_tasks(now=now, limit=limit, models=models)
-        plan = dispatch.assign(waiting, servers, self.rng)
-        if not plan:
-            return False
-        starts = [
-            lifecycle.start_attempt(
-                a.task,
-                server_id=a.server.id,
-                node_id=self.policy.node_id,
-                callback_url=f"{self.policy.callback_base_url}/api/task/{a.task.id}",
-                now=now,
-            )
-            for a in plan
-        ]
-        won = await self.apply([update for update, _ in starts], wake=False)
-        for ok, (_, task), assignment in zip(won, starts, plan, strict=True):
+        claim = _Claim(self, now)
+        won = await self.store.claim_tasks(now=now, plan=claim.plan)
+        for ok, (_, task), server in zip(won, claim.starts, claim.servers, strict=True):
             if ok:
-                self._spawn(self._send(task, assignment.server))
-        return len(waiting) == limit and any(won)
+                self._spawn(self._send(task, server))
+        return claim.full_batch and any(won)
 
     async def apply(self, updates: list[TaskUpdate], *, wake: bool = True) -> list[bool]:
         """Commit conditional task updates; tell waiters; wake the loop if anything changed.
@@ -257,6 +232,40 @@ class Dispatcher(Wakeable):
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
         if updates:
             await self.apply(updates)
+
+
+class _Claim:
+    """One dispatch pass's plan, made inside the store's claim transaction."""
+
+    def __init__(self, dispatcher: Dispatcher, now: int) -> None:
+        self.policy, self.rng, self.now = dispatcher.policy, dispatcher.rng, now
+        self.starts: list[tuple[TaskUpdate, Task]] = []
+        self.servers: list[Server] = []
+        self.full_batch = False
+
+    def plan(self, servers: list[Server], waiting: WaitingReader) -> list[TaskUpdate]:
+        usable = [s for s in servers if s.status is ServerStatus.ONLINE and s.free_slots > 0]
+        free = sum(s.free_slots for s in usable)
+        if free == 0:
+            return []
+        models = (
+            None if any(not s.models for s in usable) else {m for s in usable for m in s.models}
+        )
+        limit = min(self.policy.batch, free * 2 + 16)
+        tasks = waiting(limit, models)
+        self.full_batch = len(tasks) == limit
+        for assignment in dispatch.assign(tasks, usable, self.rng):
+            self.servers.append(assignment.server)
+            self.starts.append(
+                lifecycle.start_attempt(
+                    assignment.task,
+                    server_id=assignment.server.id,
+                    node_id=self.policy.node_id,
+                    callback_url=f"{self.policy.callback_base_url}/api/task/{assignment.task.id}",
+                    now=self.now,
+                )
+            )
+        return [update for update, _ in self.starts]
 
 
 def _update_for_result(task: Task, body: dict[str, Any], now: int) -> TaskUpdate:

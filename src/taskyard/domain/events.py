@@ -1,22 +1,32 @@
 """In-process notice of task changes, so a client can wait for a result instead of polling.
 
-Whoever commits a task's move to a final state on this node calls `changed(task_id)`;
-`watch(task_id)` gives a future that completes on the next such call. Changes made by another
-coordinator are not seen here, so waiters also re-read the database at a fallback interval.
+Whoever commits a task's move to a final state on this node calls `changed(task_ids)`, which
+also tells the other nodes (`publish`); their notices arrive as `changed_elsewhere(task_ids)`.
+`watch(task_id)` gives a future that completes on the next change of that task. Notices can be
+lost (a dropped connection), so waiters also re-read the database at a fallback interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 
 class TaskEvents:
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[list[str]], None] | None = None) -> None:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._publish = publish
 
     def changed(self, task_ids: Iterable[str]) -> None:
+        """Tasks this node moved to a final state."""
+        ids = list(task_ids)
+        if ids and self._publish is not None:
+            self._publish(ids)
+        self.changed_elsewhere(ids)
+
+    def changed_elsewhere(self, task_ids: Iterable[str]) -> None:
+        """Tasks another node moved to a final state."""
         for task_id in task_ids:
             for future in self._waiters.pop(task_id, ()):
                 if not future.done():

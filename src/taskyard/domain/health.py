@@ -3,6 +3,8 @@
 A heap of (due time, server id) drives all checks from one loop, so the cost is a heap pop per
 check, not a task or thread per server; at most `concurrency` checks run at once. Each check
 reads the server, GETs its health URL (retrying network errors), and writes the new state.
+With several nodes, each checks only the servers it owns (`cluster.Membership`); a resync after
+any change of membership or of the server list hands servers over.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskyard.domain.cluster import Membership
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import Server, ServerStatus, now_ms
 from taskyard.domain.ports import BackendClient, HealthReply
@@ -86,9 +89,11 @@ class HealthMonitor(Wakeable):
         policy: HealthPolicy,
         on_online: Callable[[str], None],
         on_expired: Callable[[str], Awaitable[None]],
+        membership: Membership,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__()
+        self.membership = membership
         self.store = store
         self.client = client
         self.policy = policy
@@ -101,6 +106,7 @@ class HealthMonitor(Wakeable):
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._checks: set[asyncio.Task[None]] = set()
         self._next_resync = 0.0
+        self._spread_next_resync = True  # after a start or a hand-over, not for a new server
         self.checks_done = 0
 
     def schedule(self, server_id: str, at_ms: int | None = None) -> None:
@@ -113,6 +119,12 @@ class HealthMonitor(Wakeable):
 
     def forget(self, server_id: str) -> None:
         self._due.pop(server_id, None)  # its heap entry is skipped when popped
+
+    def resync_soon(self, *, spread: bool = False) -> None:
+        """Re-read the server list now (servers or nodes changed elsewhere)."""
+        self._next_resync = 0.0
+        self._spread_next_resync |= spread
+        self.wake()
 
     @property
     def scheduled(self) -> int:
@@ -145,16 +157,21 @@ class HealthMonitor(Wakeable):
         return max(0.0, min(until_next, (self._next_resync - now) / 1000))
 
     async def resync(self) -> None:
-        """Schedule servers the heap does not know yet (after a start, or added elsewhere)."""
+        """Schedule the servers this node owns that the heap does not know yet (after a start,
+        added elsewhere, handed over); drop those it no longer owns."""
         now = now_ms()
-        spread_ms = int(min(self.policy.interval_min_s, COLD_START_SPREAD_S) * 1000) + 1
+        spread_ms = 1
+        if self._spread_next_resync:
+            # Overdue checks found at start are spread out instead of fired in one burst.
+            spread_ms += int(min(self.policy.interval_min_s, COLD_START_SPREAD_S) * 1000)
+            self._spread_next_resync = False
         for server in await self.store.list_servers():
-            if server.id in self._due or not server.health_url:
-                continue
-            # Spread overdue checks after a start instead of firing them in one burst.
-            self.schedule(
-                server.id, max(server.next_check_at, now + self._rng.randrange(spread_ms))
-            )
+            if not server.health_url or not self.membership.owns(server.id):
+                self.forget(server.id)
+            elif server.id not in self._due:
+                self.schedule(
+                    server.id, max(server.next_check_at, now + self._rng.randrange(spread_ms))
+                )
 
     async def _guarded_check(self, server_id: str) -> None:
         try:
@@ -170,12 +187,13 @@ class HealthMonitor(Wakeable):
     async def check(self, server_id: str) -> None:
         """Check one server now and record the outcome."""
         server = await self.store.get_server(server_id)
-        if server is None or not server.health_url:
+        if server is None or not server.health_url or not self.membership.owns(server_id):
             self.forget(server_id)
             return
         reply = await self._probe(server.health_url)
         now = now_ms()
         values = next_state(server, reply, now=now, policy=self.policy)
+        values["checked_by"] = self.membership.node_id
         self.checks_done += 1
         offline_since = values.get("offline_since")
         if offline_since and now - offline_since > self.policy.offline_removal_s * 1000:

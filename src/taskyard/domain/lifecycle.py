@@ -33,7 +33,7 @@ def start_attempt(
         "started_at": task.started_at or now,
         "callback_url": callback_url,
         "updated_at": now,
-        "attempts": (*task.attempts, AttemptRecord(number, server_id, now)),
+        "attempts": (*task.attempts, AttemptRecord(number, server_id, now, node_id=node_id)),
     }
     update = TaskUpdate(
         task.id, values, expect_status=(TaskStatus.WAITING,), expect_attempt=task.attempt

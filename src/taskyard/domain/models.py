@@ -55,11 +55,13 @@ class AttemptRecord:
     ended_at: int | None = None
     error: str | None = None
     error_code: str | None = None
+    node_id: str | None = None  # the coordinator that sent it
 
     def to_json(self) -> JSON:
         return {
             "attempt": self.number,
             "serverId": self.server_id,
+            "nodeId": self.node_id,
             "startedAt": self.started_at,
             "endedAt": self.ended_at,
             "error": self.error,
@@ -75,6 +77,7 @@ class AttemptRecord:
             ended_at=data.get("endedAt"),
             error=data.get("error"),
             error_code=data.get("errorCode"),
+            node_id=data.get("nodeId"),
         )
 
 
@@ -144,6 +147,7 @@ class Server:
     next_check_at: int = 0
     last_error: str | None = None
     reported_load: JSON | None = None
+    checked_by: str | None = None  # the node that ran the last health check
     in_flight: int = 0  # derived: tasks PROCESSING on it (filled by the store when asked)
     extra: JSON = field(default_factory=dict)
 
@@ -158,3 +162,17 @@ class Server:
     def last_seen(self) -> int:
         """Latest sign of life: a heartbeat, a passed check, or the registration."""
         return max(self.last_heartbeat or 0, self.last_success_at or 0, self.registered_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A coordinator process sharing the database, as it last recorded itself."""
+
+    id: str
+    host: str
+    started_at: int
+    last_seen_at: int
+    leases: tuple[str, ...] = ()  # cluster duties it holds (e.g. "chores")
+
+    def alive(self, *, now: int, timeout_ms: int) -> bool:
+        return now - self.last_seen_at <= timeout_ms

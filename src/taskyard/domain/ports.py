@@ -1,10 +1,13 @@
-"""What the domain needs from the outside world: the backend HTTP client and its replies.
+"""What the domain needs from the outside world: the backend HTTP client and its replies, and
+change notices between nodes.
 
-`taskyard.backends.AiohttpBackendClient` implements `BackendClient`; the domain never imports it.
+`taskyard.backends.AiohttpBackendClient` implements `BackendClient` and
+`taskyard.storage.notify` the `ClusterBus`; the domain never imports either.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -42,3 +45,62 @@ class BackendClient(Protocol):
     async def health(self, url: str, *, timeout_s: float) -> HealthReply:
         """GET a backend's health endpoint."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHandlers:
+    """What a node does when another node announces a change."""
+
+    tasks_final: Callable[[list[str]], None]  # wake long polls waiting on these tasks
+    work: Callable[[], None]  # new tasks or capacity: wake the dispatcher
+    servers: Callable[[], None]  # servers registered or removed: re-read the health schedule
+    nodes: Callable[[], None]  # a node left: re-read who is alive
+
+
+class ClusterBus(Protocol):
+    """Change notices between nodes sharing a database (PostgreSQL LISTEN/NOTIFY).
+
+    Best effort: a notice saves a wait, it is never the only way a change is seen; every
+    loop also polls the database. With one node (SQLite) it does nothing.
+    """
+
+    @property
+    def listening(self) -> bool:
+        """Whether notices from other nodes are arriving now."""
+        ...
+
+    async def start(self, handlers: ClusterHandlers) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def tasks_final(self, task_ids: Iterable[str]) -> None: ...
+
+    def work(self) -> None: ...
+
+    def servers(self) -> None: ...
+
+    def nodes(self) -> None: ...
+
+
+class LocalBus:
+    """One node alone (SQLite): nothing to tell, and no change it can miss."""
+
+    listening = True
+
+    async def start(self, handlers: ClusterHandlers) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def tasks_final(self, task_ids: Iterable[str]) -> None:
+        pass
+
+    def work(self) -> None:
+        pass
+
+    def servers(self) -> None:
+        pass
+
+    def nodes(self) -> None:
+        pass

@@ -19,25 +19,28 @@ from dataclasses import dataclass, field
 from taskyard import auth, errors
 from taskyard.domain import lifecycle, registry
 from taskyard.domain.chores import Chores
+from taskyard.domain.cluster import Membership
 from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.health import HealthMonitor, HealthPolicy
 from taskyard.domain.models import (
     JSON,
     ErrorCode,
+    Node,
     Server,
     Task,
     TaskOptions,
     TaskStatus,
     now_ms,
 )
-from taskyard.domain.ports import BackendClient
+from taskyard.domain.ports import BackendClient, ClusterBus, ClusterHandlers, LocalBus
 from taskyard.storage.base import Store, TaskUpdate
 
 log = logging.getLogger(__name__)
 
 SERVER_TOKEN_TTL_S = 365 * 24 * 3600.0  # the token a backend gets at registration
-WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often
+WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often...
+WAIT_FALLBACK_LISTENING_S = 5.0  # ...or this often while other nodes' notices arrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,16 @@ class CoordinatorConfig:
 
 
 class Coordinator:
-    def __init__(self, *, store: Store, client: BackendClient, config: CoordinatorConfig) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: BackendClient,
+        config: CoordinatorConfig,
+        bus: ClusterBus | None = None,
+    ) -> None:
         self.store = store
+        self.bus: ClusterBus = bus or LocalBus()
         self.config = config
         self.rng = random.Random()
         policy = config.dispatch or DispatchPolicy(
@@ -75,7 +86,8 @@ class Coordinator:
             jwt_secret=config.jwt_secret,
         )
         self.node_id = policy.node_id
-        self.events = TaskEvents()
+        self.membership = Membership(self.node_id)
+        self.events = TaskEvents(publish=self.bus.tasks_final)
         self.dispatcher = Dispatcher(
             store=store, client=client, policy=policy, events=self.events, rng=self.rng
         )
@@ -83,8 +95,9 @@ class Coordinator:
             store=store,
             client=client,
             policy=config.health,
-            on_online=lambda _id: self.dispatcher.wake(),
+            on_online=lambda _id: self._capacity_appeared(),
             on_expired=self._remove_expired,
+            membership=self.membership,
         )
         self.chores = Chores(self)
         self._loops: list[asyncio.Task[None]] = []
@@ -99,6 +112,15 @@ class Coordinator:
     async def start(self) -> None:
         """Register this node and start the dispatcher, health monitor and chores."""
         await self.store.touch_node(node_id=self.node_id, host=socket.gethostname(), now=now_ms())
+        await self.bus.start(
+            ClusterHandlers(
+                tasks_final=self.events.changed_elsewhere,
+                work=self.dispatcher.wake,
+                servers=self.health.resync_soon,
+                nodes=self.chores.wake,
+            )
+        )
+        self.bus.nodes()  # the others re-read who is alive and hand servers over
         loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self.dispatcher.run(), name="dispatcher"),
@@ -115,7 +137,11 @@ class Coordinator:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        # Leave at once rather than by timing out: the others take over the duties now.
+        await self.store.release_leases(holder=self.node_id)
         await self.store.delete_nodes([self.node_id])
+        self.bus.nodes()
+        await self.bus.close()
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -140,6 +166,7 @@ class Coordinator:
         )
         await self.store.add_task(task)
         self.dispatcher.wake()
+        self.bus.work()
         return task
 
     async def get_task(self, task_id: str, *, principal: auth.Principal) -> Task:
@@ -158,9 +185,11 @@ class Coordinator:
                 left = deadline - time.monotonic()
                 if task.status.is_final or left <= 0:
                     return task
-                # Woken by a change on this node; the fallback re-read sees other nodes' changes.
+                # Woken by a change here or a notice from another node; the fallback re-read
+                # covers notices lost while the bus was not listening.
+                fallback = WAIT_FALLBACK_LISTENING_S if self.bus.listening else WAIT_FALLBACK_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed, min(left, WAIT_FALLBACK_S))
+                    await asyncio.wait_for(changed, min(left, fallback))
 
     async def cancel_task(self, task_id: str, *, principal: auth.Principal) -> Task:
         task = await self.get_task(task_id, principal=principal)
@@ -201,11 +230,13 @@ class Coordinator:
             reg, now=now_ms(), interval_s=self.config.health.interval_min_s
         )
         await self.store.put_server(server)
-        if server.health_url:
+        if server.health_url and self.membership.owns(server.id):
             self.health.schedule(server.id)
         else:
             self.health.forget(server.id)
-            self.dispatcher.wake()
+        if not server.health_url:
+            self._capacity_appeared()
+        self.bus.servers()  # its owner (maybe another node) schedules its checks
         token = auth.mint(
             self.config.jwt_secret,
             sub=f"server:{server.id}",
@@ -234,7 +265,7 @@ class Coordinator:
         if not await self.store.update_server(server_id, values):
             raise errors.ServerNotFound(server_id)
         if "status" in values:
-            self.dispatcher.wake()
+            self._capacity_appeared()
         return await self.get_server(server_id)
 
     async def delete_server(self, server_id: str) -> None:
@@ -262,7 +293,17 @@ class Coordinator:
                 running, error=f"server removed ({reason})", code=ErrorCode.SERVER_REMOVED
             )
             log.info("removed servers %s (%s)", removed, reason)
+            self.bus.servers()
         return removed
+
+    async def list_nodes(self) -> list[tuple[Node, bool]]:
+        """Every recorded coordinator node, and whether it is alive."""
+        now, timeout_ms = now_ms(), int(self.config.node_timeout_s * 1000)
+        return [(n, n.alive(now=now, timeout_ms=timeout_ms)) for n in await self.store.list_nodes()]
+
+    def _capacity_appeared(self) -> None:
+        self.dispatcher.wake()
+        self.bus.work()
 
     async def _remove_expired(self, server_id: str) -> None:
         await self.remove_servers([server_id], reason="offline too long")

@@ -21,6 +21,8 @@ SESSION_KEY = web.AppKey("mockbackend_session", aiohttp.ClientSession)
 TASKS_KEY: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("mockbackend_tasks")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Header naming the coordinator node that sends a health check.
+NODE_HEADER = "X-Taskyard-Node"
 # Exit code of a process killed by SIGKILL, so a crash looks like an OOM kill.
 CRASH_EXIT_CODE = 137
 
@@ -196,6 +198,7 @@ async def predict(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """Liveness probe; can be made to fail (503) or to never answer."""
     state = request.app[STATE_KEY]
+    state.record_health_check(request.headers.get(NODE_HEADER), time.time(), request.path_qs)
     while state.health_hang and not state.shutting_down:
         await state.health_released.wait()
     if state.unhealthy or state.shutting_down:
@@ -305,6 +308,12 @@ async def get_callbacks(request: web.Request) -> web.Response:
     return _json({"callbacks": [record.to_json() for record in state.callbacks]})
 
 
+async def get_health_checks(request: web.Request) -> web.Response:
+    """Every health check that reached this server, with the node that sent it."""
+    state = request.app[STATE_KEY]
+    return _json({"checks": [check.to_json() for check in state.health_checks]})
+
+
 async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     # One pooled session for all callbacks; a session per call would cost a new connection.
     async with aiohttp.ClientSession() as session:
@@ -342,6 +351,7 @@ def create_app(config: MockConfig) -> web.Application:
     app.router.add_post("/control/reset", reset)
     app.router.add_get("/received", get_received)
     app.router.add_get("/callbacks", get_callbacks)
+    app.router.add_get("/health-checks", get_health_checks)
     return app
 
 

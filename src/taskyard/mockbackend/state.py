@@ -73,6 +73,19 @@ class CallbackRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One `GET /health` as it arrived: which coordinator node sent it (if it said), when, and
+    the path with its query string (so several registrations of one backend can be told apart)."""
+
+    node: str | None
+    at: float
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "at": self.at, "path": self.path}
+
+
 def _released_event() -> asyncio.Event:
     event = asyncio.Event()
     event.set()
@@ -97,6 +110,7 @@ class MockState:
     received: deque[ReceivedCall] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     received_total: int = 0
     callbacks: deque[CallbackRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
+    health_checks: deque[HealthCheck] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     results: dict[str, bytes] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -126,6 +140,7 @@ class MockState:
         self.received.clear()
         self.received_total = 0
         self.callbacks.clear()
+        self.health_checks.clear()
         self.results.clear()
         # in_flight is live, not a record: requests still running will decrement it.
         self.max_in_flight = self.in_flight
@@ -154,6 +169,9 @@ class MockState:
     def record_received(self, task_id: str, attempt: int, at: float) -> None:
         self.received.append(ReceivedCall(task_id, attempt, at))
         self.received_total += 1
+
+    def record_health_check(self, node: str | None, at: float, path: str) -> None:
+        self.health_checks.append(HealthCheck(node, at, path))
 
     def store_result(self, task_id: str, body: bytes) -> None:
         # Evict the oldest result (dicts keep insertion order) to respect the cap.

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from taskyard.domain.models import Server, Task, TaskStatus
+from taskyard.domain.models import Node, Server, Task, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,14 @@ class TaskUpdate:
     expect_server: str | None = None
 
 
+WaitingReader = Callable[[int, Collection[str] | None], list[Task]]
+"""(limit, models or None for any) → due WAITING tasks, by priority then FIFO."""
+
+ClaimPlan = Callable[[list[Server], WaitingReader], list[TaskUpdate]]
+"""Given every server (with exact in-flight counts) and a reader of due tasks, the updates
+that start attempts. Runs inside the claim transaction: pure, quick, no I/O of its own."""
+
+
 class Store(Protocol):
     """The storage the domain uses. Reads return domain values; writes are durable on return."""
 
@@ -39,10 +47,9 @@ class Store(Protocol):
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
-    async def waiting_tasks(
-        self, *, now: int, limit: int, models: Collection[str] | None = None
-    ) -> list[Task]:
-        """Due WAITING tasks, by priority then FIFO; only those `models` when given."""
+    async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:
+        """Run `plan` under the cluster-wide dispatch lock and apply the updates it returns;
+        each reports whether it matched."""
         ...
 
     async def has_due_tasks(self, *, now: int) -> bool: ...
@@ -85,4 +92,13 @@ class Store(Protocol):
 
     async def dead_nodes(self, *, seen_before: int) -> list[str]: ...
 
+    async def list_nodes(self) -> list[Node]: ...
+
     async def delete_nodes(self, node_ids: Collection[str]) -> None: ...
+
+    # leases: cluster duties held by one node at a time
+    async def acquire_lease(self, name: str, *, holder: str, now: int, ttl_ms: int) -> bool:
+        """Take or renew `name` for `holder` unless someone else holds it unexpired."""
+        ...
+
+    async def release_leases(self, *, holder: str) -> None: ...

@@ -12,11 +12,13 @@ import orjson
 from sqlalchemy import (
     Connection,
     Row,
+    Select,
     Update,
     bindparam,
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -26,15 +28,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from taskyard.domain.models import (
     AttemptRecord,
+    Node,
     Server,
     ServerStatus,
     Task,
     TaskStatus,
 )
-from taskyard.storage.base import TaskUpdate
+from taskyard.storage.base import ClaimPlan, TaskUpdate
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import Runner, async_url, create_engine, open_runner
-from taskyard.storage.tables import nodes, servers, tasks
+from taskyard.storage.tables import leases, nodes, servers, tasks
 
 __all__ = ["SqlStore", "async_url", "create_engine"]
 
@@ -77,19 +80,29 @@ class SqlStore:
 
         return await self.runner.read(op)
 
-    async def waiting_tasks(
-        self, *, now: int, limit: int, models: Collection[str] | None = None
-    ) -> list[Task]:
-        """WAITING tasks due now, by priority then FIFO; only `models` when given."""
-        query = (
-            select(tasks)
-            .where(tasks.c.status == TaskStatus.WAITING, tasks.c.next_attempt_at <= now)
-            .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
-            .limit(limit)
-        )
-        if models is not None:
-            query = query.where(tasks.c.model.in_(list(models)))
-        return await self._tasks(query)
+    async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:
+        """Run `plan` on fresh data under the cluster-wide dispatch lock; apply its updates.
+
+        On PostgreSQL the transaction first takes an advisory lock that only claims take, so
+        the in-flight counts `plan` sees are exact across every node until this commits: a
+        server's max_concurrency holds cluster-wide. The due tasks are read `FOR UPDATE SKIP
+        LOCKED`, so a claim never waits on a task another writer holds (a cancel, say).
+        SQLite has one writer, which serializes claims by itself.
+        """
+
+        def op(conn: Connection) -> list[bool]:
+            if self.is_postgres:
+                conn.execute(_DISPATCH_LOCK)
+            servers = [_server_from_row(row) for row in conn.execute(_LIST_SERVERS)]
+
+            def waiting(limit: int, models: Collection[str] | None) -> list[Task]:
+                query = _waiting_query(now, limit, models).with_for_update(skip_locked=True)
+                return [_task_from_row(row) for row in conn.execute(query)]
+
+            return [_apply(conn, update) for update in plan(servers, waiting)]
+
+        won: list[bool] = (await self.runner.transaction([op]))[0]
+        return won
 
     async def has_due_tasks(self, *, now: int) -> bool:
         """Whether any WAITING task is due: the dispatcher's cheap first question."""
@@ -216,11 +229,69 @@ class SqlStore:
         query = select(nodes.c.id).where(nodes.c.last_seen_at < seen_before)
         return await self.runner.read(lambda conn: [row[0] for row in conn.execute(query)])
 
+    async def list_nodes(self) -> list[Node]:
+        """Every recorded node, with the leases it holds."""
+
+        def op(conn: Connection) -> list[Node]:
+            held: dict[str, list[str]] = {}
+            for lease in conn.execute(select(leases).order_by(leases.c.name)):
+                held.setdefault(lease.holder, []).append(lease.name)
+            return [
+                Node(
+                    id=row.id,
+                    host=row.host,
+                    started_at=row.started_at,
+                    last_seen_at=row.last_seen_at,
+                    leases=tuple(held.get(row.id, ())),
+                )
+                for row in conn.execute(select(nodes).order_by(nodes.c.started_at, nodes.c.id))
+            ]
+
+        return await self.runner.read(op)
+
     async def delete_nodes(self, node_ids: Collection[str]) -> None:
         ids = list(node_ids)
         if ids:
             stmt = delete(nodes).where(nodes.c.id.in_(ids))
             await self.writes.run(lambda conn: conn.execute(stmt))
+
+    async def notify(self, channel: str, payloads: list[str]) -> None:
+        """PostgreSQL NOTIFY, sent when the next group commit is durable."""
+        stmt = select(func.pg_notify(channel, bindparam("payload")))
+
+        def op(conn: Connection) -> None:
+            for payload in payloads:
+                conn.execute(stmt, {"payload": payload})
+
+        await self.writes.run(op)
+
+    # ---- leases ------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, *, holder: str, now: int, ttl_ms: int) -> bool:
+        """Take or renew the lease `name` unless another holder's is still valid."""
+        values = {"holder": holder, "expires_at": now + ttl_ms}
+        take = (
+            update(leases)
+            .where(
+                leases.c.name == name,
+                or_(leases.c.holder == holder, leases.c.expires_at < now),
+            )
+            .values(values)
+        )
+        create = (
+            (pg_insert if self.is_postgres else sqlite_insert)(leases)
+            .values(name=name, **values)
+            .on_conflict_do_nothing(index_elements=[leases.c.name])
+        )
+
+        def op(conn: Connection) -> bool:
+            return conn.execute(take).rowcount > 0 or conn.execute(create).rowcount > 0
+
+        return await self.writes.run(op)
+
+    async def release_leases(self, *, holder: str) -> None:
+        stmt = delete(leases).where(leases.c.holder == holder)
+        await self.writes.run(lambda conn: conn.execute(stmt))
 
 
 # Hot statements are built once: building and cache-keying a statement per call costs more
@@ -233,6 +304,7 @@ _IN_FLIGHT = (
     .scalar_subquery()
     .label("in_flight")
 )
+_DISPATCH_LOCK = select(func.pg_advisory_xact_lock(0x7461736B))  # "task" in ASCII
 _ANY_DUE = (
     select(tasks.c.id)
     .where(tasks.c.status == TaskStatus.WAITING.value, tasks.c.next_attempt_at <= bindparam("now"))
@@ -240,6 +312,21 @@ _ANY_DUE = (
 )
 _LIST_SERVERS = select(servers, _IN_FLIGHT).order_by(servers.c.id)
 _GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
+
+
+def _waiting_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
+    """Due WAITING tasks, by priority then FIFO (ix_tasks_queue); only `models` when given."""
+    query = (
+        select(tasks)
+        .where(tasks.c.status == TaskStatus.WAITING, tasks.c.next_attempt_at <= now)
+        .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+        .limit(limit)
+    )
+    if models is not None:
+        query = query.where(tasks.c.model.in_(list(models)))
+    return query
+
+
 _FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 

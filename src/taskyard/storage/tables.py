@@ -84,6 +84,7 @@ servers = Table(
     Column("next_check_at", BigInteger, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
     Column("reported_load", Text, nullable=True),  # JSON from the last heartbeat
+    Column("checked_by", String(64), nullable=True),  # node that ran the last health check
     Index("ix_servers_status", "status"),
 )
 
@@ -94,4 +95,13 @@ nodes = Table(
     Column("started_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=False),
     Column("host", String(256), nullable=False),
+)
+
+# Cluster-wide duties held by one node at a time (e.g. "chores"), renewed before they expire.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
 )
