@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     node_id: str = Field("", max_length=64)  # this node's name; default host name + random
     database_url: str = "sqlite:///./taskyard.db"
     jwt_secret: str = ""
+    db_pool_size: int = Field(20, ge=1, le=1000)  # PostgreSQL connections per node
 
     # Health monitoring (SPEC §4), seconds.
     health_timeout_s: float = Field(5.0, gt=0)

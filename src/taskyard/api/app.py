@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(settings.database_url)
-        store = SqlStore.open(settings.database_url)
+        store = SqlStore.open(settings.database_url, pool_size=settings.db_pool_size)
         node_id = settings.node_id or Coordinator.new_node_id()
         client = AiohttpBackendClient(
             max_response_bytes=settings.max_backend_response_bytes, node_id=node_id

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from taskyard.storage.sql import create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_ATTEMPTS = 10  # the database may still be starting
 CONNECT_RETRY_S = 1.0
+MIGRATION_LOCK = 0x6D696772  # "migr" in ASCII: an advisory lock key only migrations take
 
 
 def alembic_config() -> Config:
@@ -44,6 +45,11 @@ async def upgrade(url: str, revision: str = "head") -> None:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    if connection.dialect.name == "postgresql":
+        # Nodes starting together would race to create the same tables; the first to take
+        # this lock migrates, the others then find the database at head. (SQLite's writer
+        # lock does the same for a file.)
+        connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)

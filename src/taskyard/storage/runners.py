@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 T = TypeVar("T")
 SyncOp = Callable[[Connection], Any]
 
-DEFAULT_POOL_SIZE = 10  # PostgreSQL connections per coordinator
+DEFAULT_POOL_SIZE = 20  # PostgreSQL connections per coordinator
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -61,13 +61,19 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # A fixed pool: overflow connections would be opened and closed again under load, each a
+    # new PostgreSQL backend process. No pre-ping either, which would double every query's
+    # round trips; a connection broken by a server restart fails one statement, and the pool
+    # then drops all connections and reconnects.
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800
+    )
 
 
-def open_runner(url: str) -> Runner:
+def open_runner(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Runner:
     if make_url(url).get_backend_name() == "sqlite":
         return SqliteRunner(url)
-    return AsyncRunner(create_engine(url))
+    return AsyncRunner(create_engine(url, pool_size=pool_size))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -76,6 +82,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class SqliteRunner:
@@ -89,6 +99,18 @@ class SqliteRunner:
             sync_url, pool_size=4, max_overflow=0, connect_args={"check_same_thread": False}
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
+        # Writes start with BEGIN IMMEDIATE: the write lock is taken before the transaction's
+        # first read, so what a claim reads (in-flight counts) cannot change under it, even
+        # with another process on the same file. (pysqlite would begin only at the first
+        # write; the recipe is SQLAlchemy's "pysqlite serializable" one.)
+        self.write_engine = sqlalchemy.create_engine(
+            sync_url,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+        )
+        event.listen(self.write_engine, "connect", _sqlite_pragmas)
+        event.listen(self.write_engine, "begin", _begin_immediate)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
         # The sqlite3 module drops the GIL inside each statement; taking it back waits for the
         # writer thread's switch interval (5 ms by default), which stalled reads in the event
@@ -104,11 +126,12 @@ class SqliteRunner:
         return await loop.run_in_executor(self._writer, self._transaction, ops)
 
     def _transaction(self, ops: list[SyncOp]) -> list[Any]:
-        with self.engine.begin() as conn:
+        with self.write_engine.begin() as conn:
             return [op(conn) for op in ops]
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self.write_engine.dispose()
         self.engine.dispose()
 
 

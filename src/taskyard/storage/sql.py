@@ -36,7 +36,13 @@ from taskyard.domain.models import (
 )
 from taskyard.storage.base import ClaimPlan, TaskUpdate
 from taskyard.storage.batcher import GroupCommitter
-from taskyard.storage.runners import Runner, async_url, create_engine, open_runner
+from taskyard.storage.runners import (
+    DEFAULT_POOL_SIZE,
+    Runner,
+    async_url,
+    create_engine,
+    open_runner,
+)
 from taskyard.storage.tables import leases, nodes, servers, tasks
 
 __all__ = ["SqlStore", "async_url", "create_engine"]
@@ -57,8 +63,8 @@ class SqlStore:
         self.is_postgres = runner.dialect == "postgresql"
 
     @classmethod
-    def open(cls, url: str) -> SqlStore:
-        return cls(open_runner(url))
+    def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> SqlStore:
+        return cls(open_runner(url, pool_size=pool_size))
 
     async def close(self) -> None:
         await self.writes.close()

@@ -1,0 +1,164 @@
+"""The store's cluster primitives on real databases: claims under the dispatch lock, leases,
+and change notices between nodes. Several `SqlStore`s on one database stand in for nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from taskyard.domain import dispatch, lifecycle
+from taskyard.domain.models import Server, ServerStatus, Task, TaskStatus
+from taskyard.domain.ports import ClusterHandlers
+from taskyard.storage.base import ClaimPlan, TaskUpdate, WaitingReader
+from taskyard.storage.migrate import upgrade
+from taskyard.storage.notify import PgBus
+from taskyard.storage.sql import SqlStore
+from tests.unit.factories import make_server, make_task
+
+
+@pytest.fixture
+async def url(database_url: str) -> str:
+    await upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def stores(url: str) -> AsyncIterator[list[SqlStore]]:
+    opened = [SqlStore.open(url) for _ in range(4)]
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+def planner(node: str, *, now: int) -> ClaimPlan:
+    """The dispatcher's rule, made inside the claim transaction: fill free slots, FIFO."""
+
+    def plan(servers: list[Server], waiting: WaitingReader) -> list[TaskUpdate]:
+        online = [s for s in servers if s.status is ServerStatus.ONLINE and s.free_slots > 0]
+        tasks = waiting(50, None) if online else []
+        return [
+            lifecycle.start_attempt(
+                a.task, server_id=a.server.id, node_id=node, callback_url="http://cb", now=now
+            )[0]
+            for a in dispatch.assign(tasks, online, random.Random(0))
+        ]
+
+    return plan
+
+
+async def test_concurrent_claims_never_exceed_max_concurrency(stores: list[SqlStore]) -> None:
+    """Four nodes claim at once, round after round, while slots free up: the server never runs
+    more than its max_concurrency, and no task is started twice."""
+    first = stores[0]
+    await first.put_server(make_server("gpu", max_concurrency=3))
+    for i in range(40):
+        await first.add_task(make_task(id=f"t{i:02}", created_at=1_000 + i))
+    started: list[str] = []
+    for round_no in range(12):
+        results = await asyncio.gather(
+            *(
+                s.claim_tasks(now=10_000, plan=planner(f"n{k}", now=10_000))
+                for k, s in enumerate(stores)
+            )
+        )
+        running = [t for t in await _all_tasks(first) if t.status is TaskStatus.PROCESSING]
+        assert len(running) <= 3, f"round {round_no}: {len(running)} running on a 3-slot server"
+        started += [t.id for t in running if t.id not in started]
+        assert sum(sum(won) for won in results) == len(running)
+        # Finish what runs, freeing the slots for the next round.
+        for task in running:
+            await first.update_task(lifecycle.finish(task, result={"ok": 1}, now=10_001)[0])
+    assert len(started) == len(set(started)) == 36
+    assert all(t.attempt <= 1 for t in await _all_tasks(first))
+
+
+async def _all_tasks(store: SqlStore) -> list[Task]:
+    found = [await store.get_task(f"t{i:02}") for i in range(40)]
+    return [t for t in found if t is not None]
+
+
+async def test_a_lease_has_one_holder_until_it_expires_or_is_released(
+    stores: list[SqlStore],
+) -> None:
+    a, b = stores[0], stores[1]
+    assert await a.acquire_lease("chores", holder="n1", now=1_000, ttl_ms=500)
+    assert not await b.acquire_lease("chores", holder="n2", now=1_100, ttl_ms=500)
+    assert await a.acquire_lease("chores", holder="n1", now=1_400, ttl_ms=500)  # renewal
+    assert not await b.acquire_lease("chores", holder="n2", now=1_800, ttl_ms=500)
+    assert await b.acquire_lease("chores", holder="n2", now=2_000, ttl_ms=500)  # n1's lapsed
+    assert not await a.acquire_lease("chores", holder="n1", now=2_100, ttl_ms=500)
+    await b.release_leases(holder="n2")
+    assert await a.acquire_lease("chores", holder="n1", now=2_200, ttl_ms=500)
+
+
+async def test_concurrent_lease_attempts_elect_exactly_one(stores: list[SqlStore]) -> None:
+    won = await asyncio.gather(
+        *(
+            s.acquire_lease("chores", holder=f"n{k}", now=5_000, ttl_ms=10_000)
+            for k, s in enumerate(stores)
+        )
+    )
+    assert sorted(won) == [False, False, False, True]
+
+
+async def test_nodes_list_shows_who_holds_a_lease(stores: list[SqlStore]) -> None:
+    store = stores[0]
+    await store.touch_node(node_id="n1", host="h1", now=1_000)
+    await store.touch_node(node_id="n2", host="h2", now=1_001)
+    await store.touch_node(node_id="n1", host="h1", now=3_000)
+    await store.acquire_lease("chores", holder="n2", now=3_000, ttl_ms=1_000)
+    nodes = {n.id: n for n in await store.list_nodes()}
+    assert nodes["n1"].started_at == 1_000 and nodes["n1"].last_seen_at == 3_000
+    assert nodes["n2"].leases == ("chores",) and nodes["n1"].leases == ()
+
+
+async def test_notices_reach_the_other_nodes_only(postgres_database_url: str) -> None:
+    await upgrade(postgres_database_url)
+    store = SqlStore.open(postgres_database_url)
+    seen: dict[str, list[object]] = {"a": [], "b": []}
+
+    def handlers(name: str) -> ClusterHandlers:
+        log = seen[name]
+        return ClusterHandlers(
+            tasks_final=lambda ids: log.append(("final", sorted(ids))),
+            work=lambda: log.append("work"),
+            servers=lambda: log.append("servers"),
+            nodes=lambda: log.append("nodes"),
+        )
+
+    buses = {name: PgBus(postgres_database_url, node_id=name, send=store.notify) for name in "ab"}
+    try:
+        for name, bus in buses.items():
+            await bus.start(handlers(name))
+            assert bus.listening
+        await asyncio.sleep(0.2)
+        for log in seen.values():
+            log.clear()  # (re)connecting reports everything as changed once
+        many = [f"task-{i:05}-{'x' * 30}" for i in range(400)]  # more than one payload
+        buses["a"].tasks_final(many)
+        buses["a"].work()
+        buses["a"].work()  # merged with the one before
+        for _ in range(100):
+            if sum(len(e[1]) for e in seen["b"] if isinstance(e, tuple)) == 400:
+                break
+            await asyncio.sleep(0.05)
+        finals = [i for entry in seen["b"] if isinstance(entry, tuple) for i in entry[1]]
+        assert sorted(finals) == many
+        assert seen["b"].count("work") == 1
+        assert seen["a"] == []  # a node ignores its own notices
+    finally:
+        for bus in buses.values():
+            await bus.close()
+        await store.close()
+
+
+def test_factories_make_claimable_rows() -> None:
+    """Guard for the claim test: its tasks and server are what the dispatcher would pick."""
+    server = make_server("gpu", max_concurrency=3)
+    task = make_task()
+    assert server.status is ServerStatus.ONLINE and task.status is TaskStatus.WAITING
+    assert dispatch.assign([task, replace(task, id="t2")], [server])
