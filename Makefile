@@ -7,7 +7,7 @@ endif
 export UV_PYTHON_DOWNLOADS := never
 VENV := .venv/bin
 
-.PHONY: serve test lint format typecheck bench install clean
+.PHONY: serve test lint format typecheck bench bench-scale install clean
 
 # uv comes from PyPI when the machine lacks it, into a private tools venv.
 .tools/bin/uv:
@@ -39,6 +39,10 @@ format: .venv/.synced
 
 bench: .venv/.synced
 	$(VENV)/python benchmarks/run.py $(ARGS)
+
+# direct, sqlite x1, postgresql x1 and postgresql x2 in one run and one table
+bench-scale: .venv/.synced
+	$(VENV)/python benchmarks/run.py --compare $(ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""Benchmark fleet: start and stop taskyard and mock-backend processes, tokens, CPU accounting.
+"""Benchmark fleet: start and stop taskyard and mock-backend processes, throwaway databases,
+tokens, CPU accounting.
 
 Shared by `run.py` (end to end) and `health_scale.py`.
 """
@@ -14,14 +15,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
 import jwt
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 
@@ -30,6 +35,8 @@ SECRET = "taskyard-benchmark-secret-" + "s" * 40  # HS256 key; 40+ characters
 FINAL_STATUSES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT_S = 60.0
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DATABASE_PREFIX = "taskyard_bench_"  # fresh PostgreSQL databases; drop leftovers by this prefix
 
 
 # ---- child processes -----------------------------------------------------------------------
@@ -115,6 +122,8 @@ class Children:
         _signal_group(child.pid, signal.SIGKILL)  # leftovers of the group, if any
         if child.popen.poll() is None:
             child.popen.wait(5)
+        if child in self.started:  # gone: never signal its (possibly reused) pid again
+            self.started.remove(child)
 
     def stop_all(self) -> None:
         for child in reversed(self.started):
@@ -154,18 +163,27 @@ def start_coordinator(
     children: Children,
     database_url: str,
     *,
+    name: str = "taskyard",
+    node_id: str | None = None,
     env: dict[str, str] | None = None,
     profile: Path | None = None,
 ) -> Child:
+    """One `taskyard serve` on a free port, logging to `<name>.log`; callbacks come back to it.
+
+    Several coordinators on one PostgreSQL database are the nodes of one cluster: give each its
+    own `node_id`.
+    """
     port = free_port()
     full_env = clean_env(
         TASKYARD_JWT_SECRET=SECRET,
         TASKYARD_DATABASE_URL=database_url,
         TASKYARD_PORT=str(port),
+        TASKYARD_PUBLIC_URL=f"http://{HOST}:{port}",
+        **({"TASKYARD_NODE_ID": node_id} if node_id else {}),
         **(env or {}),
     )
     args = taskyard_cmd("serve", "--log-level", "warning", profile=profile)
-    return children.spawn("taskyard", args, port=port, env=full_env)
+    return children.spawn(name, args, port=port, env=full_env)
 
 
 async def wait_ready(
@@ -210,6 +228,54 @@ def raise_on_sigterm() -> None:
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+# ---- PostgreSQL databases ------------------------------------------------------------------
+
+
+def postgres_server_url() -> str:
+    """The server for fresh databases: TASKYARD_TEST_POSTGRES_URL, as for the tests."""
+    return os.environ.get("TASKYARD_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def _dsn(url: str) -> str:
+    """asyncpg wants a plain postgresql:// URL, without a SQLAlchemy driver suffix."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def postgres_execute(server_url: str, sql: str) -> None:
+    """Run one statement on a connection to the server's given database."""
+    conn = await asyncpg.connect(_dsn(server_url), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def postgres_unreachable(server_url: str) -> str:
+    """Why the server cannot be used, or "" when it can."""
+    try:
+        await postgres_execute(server_url, "SELECT 1")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        shown = make_url(server_url).render_as_string(hide_password=True)
+        return f"PostgreSQL at {shown} is not reachable: {exc!r}"
+    return ""
+
+
+@asynccontextmanager
+async def fresh_postgres_database(server_url: str) -> AsyncIterator[str]:
+    """A new empty database on the server; its URL. Dropped at the end, with any connections
+    left to it, also when the benchmark fails or is interrupted."""
+    name = DATABASE_PREFIX + uuid.uuid4().hex[:12]
+    await postgres_execute(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(_dsn(server_url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        try:
+            await postgres_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except BaseException:
+            print(f"could not drop database {name}; drop it by hand", file=sys.stderr)
+            raise
 
 
 # ---- servers --------------------------------------------------------------------------------

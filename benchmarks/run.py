@@ -5,21 +5,28 @@ What it measures, on this machine, in one run:
 * ``direct``: N predict calls (``POST /predict`` with taskyard's dispatch payload shape) sent
   straight to K mock backends, round-robin, by C concurrent clients. In ``--async`` mode the
   backends answer 202 and the client polls ``GET /result/{id}`` on the backend until it is there.
-* ``taskyard``: the same N requests submitted to one ``taskyard serve`` coordinator (fresh SQLite
-  file) by C concurrent clients. Each client submits (``POST /api/task``) and then polls
-  ``GET /api/task/{id}?wait=30`` (a long poll that answers once the task is final; ``--wait-s 0``
-  polls every ``--poll-ms`` instead); latency is from the submit to the answer that first reads
-  ``FINISHED``. Throughput is N divided by the time from the first submit to the last
-  task read as final.
+* ``taskyard <database> xN``: the same N requests submitted to ``taskyard serve`` (N nodes on a
+  fresh database: a SQLite file, or a PostgreSQL database dropped at the end) by C concurrent
+  clients, spread round-robin over the nodes. Each client submits (``POST /api/task``) and then
+  polls ``GET /api/task/{id}?wait=30`` on the same node (a long poll that answers once the task
+  is final; ``--wait-s 0`` polls every ``--poll-ms`` instead); latency is from the submit to the
+  answer that first reads ``FINISHED``. Throughput is N divided by the time from the first
+  submit to the last task read as final.
 
-It prints one table (throughput, latency p50/p99, taskyard/direct ratios), then the final task
-statuses (the exit status is 1 unless every task is FINISHED) and the CPU seconds used by the
-coordinator, the backends and this load generator.
+``--compare`` measures, in one run with the same mock backends and workload, the rows direct,
+sqlite x1, postgresql x1 and postgresql x2.
+
+It prints one table (throughput, latency p50/p99, ratios to direct, coordinator CPU per task,
+whether every task finished), then the final task statuses (the exit status is 1 unless every
+task is FINISHED), the CPU seconds used by the nodes, the backends and this load generator, and
+what the nodes logged.
 
 Run from the repository root::
 
     make bench
     make bench ARGS="--tasks 5000 --async"
+    make bench ARGS="--database postgresql --nodes 2"
+    make bench-scale                             # = make bench ARGS=--compare
     .venv/bin/python benchmarks/run.py --help
     .venv/bin/python benchmarks/run.py --profile /tmp/prof.out   # cProfile the coordinator
 
@@ -32,27 +39,33 @@ import argparse
 import asyncio
 import math
 import pstats
+import re
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sqlalchemy.engine import make_url
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fleet import (
+    DEFAULT_POSTGRES_URL,
     FINAL_STATUSES,
     Child,
     Children,
     admin_headers,
     cpu_of,
-    cpu_seconds,
+    fresh_postgres_database,
+    postgres_server_url,
+    postgres_unreachable,
     register,
     run_in_workdir,
     server_body,
@@ -151,23 +164,28 @@ async def taskyard_request(
     """
     session = poller.session
     started = time.perf_counter()
-    async with session.post(f"{base}/api/task", json=task_request(index), headers=headers) as resp:
-        if resp.status != 200:
-            return Sample(time.perf_counter() - started, f"HTTP {resp.status} on submit", 0)
-        body = await resp.json()
-    task_id, status = body["taskId"], body["taskDetails"]["status"]
     polls = 0
-    params = {"wait": str(poller.wait_s)} if poller.wait_s > 0 else None
-    while status not in FINAL_STATUSES and time.perf_counter() - started < poller.timeout_s:
-        if params is None:
-            await asyncio.sleep(poller.poll_s)
-        url = f"{base}/api/task/{task_id}"
-        async with session.get(url, headers=headers, params=params) as resp:
-            polls += 1
+    try:
+        async with session.post(
+            f"{base}/api/task", json=task_request(index), headers=headers
+        ) as resp:
             if resp.status != 200:
-                status = f"HTTP {resp.status} on poll"
-                break
-            status = (await resp.json())["taskDetails"]["status"]
+                return Sample(time.perf_counter() - started, f"HTTP {resp.status} on submit", 0)
+            body = await resp.json()
+        task_id, status = body["taskId"], body["taskDetails"]["status"]
+        params = {"wait": str(poller.wait_s)} if poller.wait_s > 0 else None
+        while status not in FINAL_STATUSES and time.perf_counter() - started < poller.timeout_s:
+            if params is None:
+                await asyncio.sleep(poller.poll_s)
+            url = f"{base}/api/task/{task_id}"
+            async with session.get(url, headers=headers, params=params) as resp:
+                polls += 1
+                if resp.status != 200:
+                    status = f"HTTP {resp.status} on poll"
+                    break
+                status = (await resp.json())["taskDetails"]["status"]
+    except (aiohttp.ClientError, TimeoutError) as exc:  # a node died or hung: count, go on
+        status = type(exc).__name__
     return Sample(time.perf_counter() - started, status, polls)
 
 
@@ -206,6 +224,28 @@ async def direct_request(
 
 # ---- the benchmark --------------------------------------------------------------------------
 
+DATABASES = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One taskyard row: its database and how many nodes share it."""
+
+    database: str  # "sqlite" or "postgresql"
+    nodes: int = 1
+    database_url: str | None = None  # from --database-url: used as is, never emptied or dropped
+
+    @property
+    def name(self) -> str:
+        return f"taskyard {self.database} x{self.nodes}"
+
+
+# Log lines worth showing: records at warning level and up (the nodes run with --log-level
+# warning, so that is every record) and tracebacks; not the banner `serve` prints.
+PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback")
+
+COMPARE: tuple[Setup, ...] = (Setup("sqlite"), Setup("postgresql"), Setup("postgresql", nodes=2))
+
 
 @dataclass(frozen=True)
 class Options:
@@ -215,7 +255,8 @@ class Options:
     delay_ms: float
     clients: int
     is_async: bool
-    database_url: str | None
+    setups: tuple[Setup, ...]
+    postgres_url: str
     keep: bool
     poll_ms: float
     wait_s: float
@@ -228,7 +269,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description="Tasks end to end through taskyard versus direct predict calls."
     )
-    parser.add_argument("--tasks", type=int, default=2000, help="requests per path (2000)")
+    parser.add_argument("--tasks", type=int, default=2000, help="requests per row (2000)")
     parser.add_argument("--backends", type=int, default=4, help="mock backends (4)")
     parser.add_argument("--capacity", type=int, default=16, help="max_concurrency each (16)")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="backend work time (10)")
@@ -237,7 +278,28 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--async", dest="is_async", action="store_true", help="backends answer 202, call back"
     )
     parser.add_argument(
-        "--database-url", default=None, help="default: a fresh SQLite file in the temp dir"
+        "--database",
+        choices=DATABASES,
+        default=None,
+        help="sqlite: a fresh file in the temp dir (default); postgresql: a fresh database on"
+        " --postgres-url, dropped at the end",
+    )
+    parser.add_argument(
+        "--database-url", default=None, help="use this database as is (not emptied, not dropped)"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=postgres_server_url(),
+        help="PostgreSQL server for fresh databases (env TASKYARD_TEST_POSTGRES_URL,"
+        f" else {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="taskyard nodes on the one database (1)"
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="one run, rows: direct, sqlite x1, postgresql x1, postgresql x2",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     parser.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (10)")
@@ -250,12 +312,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=int, default=100, help="unmeasured requests first (100)")
     parser.add_argument("--task-timeout", type=float, default=60.0, help="give up a task (s)")
     parser.add_argument(
-        "--profile", type=Path, default=None, help="run the coordinator under cProfile to PATH"
+        "--profile", type=Path, default=None, help="run node 1 under cProfile, writing to PATH"
     )
     ns = parser.parse_args(argv)
     for name in ("tasks", "backends", "capacity", "clients"):
         if getattr(ns, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if ns.compare:
+        if ns.database or ns.database_url or ns.nodes is not None or ns.profile:
+            parser.error(
+                "--compare chooses the databases and nodes itself; it takes no"
+                " --database, --database-url, --nodes or --profile"
+            )
+        setups = COMPARE
+    else:
+        setups = (chosen_setup(parser, ns),)
     return Options(
         tasks=ns.tasks,
         backends=ns.backends,
@@ -263,7 +334,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         delay_ms=ns.delay_ms,
         clients=ns.clients,
         is_async=ns.is_async,
-        database_url=ns.database_url,
+        setups=setups,
+        postgres_url=ns.postgres_url,
         keep=ns.keep,
         poll_ms=ns.poll_ms,
         wait_s=max(0.0, ns.wait_s),
@@ -273,18 +345,174 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
 
 
+def chosen_setup(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Setup:
+    nodes = 1 if ns.nodes is None else ns.nodes
+    if nodes < 1:
+        parser.error("--nodes must be at least 1")
+    if ns.database_url and ns.database:
+        parser.error("give --database or --database-url, not both")
+    database = make_url(ns.database_url).get_backend_name() if ns.database_url else ns.database
+    database = database or "sqlite"
+    if nodes > 1 and database != "postgresql":
+        parser.error(
+            f"--nodes {nodes} needs PostgreSQL: several taskyard nodes can share only a"
+            f" PostgreSQL database, not {database} (add --database postgresql)"
+        )
+    return Setup(database, nodes, ns.database_url)
+
+
 @dataclass
-class Report:
-    direct: LoadResult
-    taskyard: LoadResult
-    cpu: dict[str, float]  # what → CPU seconds during the taskyard phase (and the direct one)
+class Row:
+    """One row of the table: a measured phase, the CPU it cost and what the nodes logged."""
+
+    result: LoadResult
+    backends_cpu_s: float
+    load_cpu_s: float
+    nodes_cpu_s: float | None = None  # summed over the nodes; None for direct
+    node_logs: list[str] = field(default_factory=list)  # PROBLEM lines the nodes logged
+
+    @property
+    def all_finished(self) -> bool:
+        return set(self.result.statuses) == {"FINISHED"}
 
 
-def format_table(direct: LoadResult, taskyard: LoadResult) -> str:
+async def measure(
+    name: str, opts: Options, backends: Sequence[Child], one: OneRequest, nodes: Sequence[Child]
+) -> Row:
+    """Warm up, then run the measured requests, counting the CPU everyone spent on them."""
+    if opts.warmup:
+        await run_load("warmup", opts.warmup, opts.clients, one)
+    marks = (cpu_of(backends), time.process_time(), cpu_of(nodes))
+    result = await run_load(name, opts.tasks, opts.clients, one)
+    return Row(
+        result,
+        backends_cpu_s=cpu_of(backends) - marks[0],
+        load_cpu_s=time.process_time() - marks[1],
+        nodes_cpu_s=cpu_of(nodes) - marks[2] if nodes else None,
+    )
+
+
+@asynccontextmanager
+async def database_for(
+    setup: Setup, index: int, opts: Options, workdir: Path
+) -> AsyncIterator[str]:
+    """The database URL for one row: given, or fresh (and a PostgreSQL one dropped after)."""
+    if setup.database_url:
+        yield setup.database_url
+    elif setup.database == "postgresql":
+        async with fresh_postgres_database(opts.postgres_url) as url:
+            yield url
+    else:
+        yield f"sqlite:///{workdir / f'taskyard-{index}.db'}"
+
+
+async def register_backends(
+    session: aiohttp.ClientSession,
+    node: Child,
+    backends: Sequence[Child],
+    headers: dict[str, str],
+    opts: Options,
+) -> None:
+    """Register every backend through one node and wait until all are online."""
+    for i, backend in enumerate(backends):
+        body = server_body(f"b{i}", backend.url, capacity=opts.capacity, is_async=opts.is_async)
+        await register(session, node.url, headers, body)
+    await wait_online(session, node.url, headers, len(backends))
+
+
+async def taskyard_row(
+    session: aiohttp.ClientSession,
+    poller: Poller,
+    children: Children,
+    backends: Sequence[Child],
+    *,
+    setup: Setup,
+    index: int,
+    database_url: str,
+    opts: Options,
+) -> Row:
+    """Start the row's nodes on its database, measure, and stop them (also on failure).
+
+    Node 1 starts alone and migrates the fresh database; the others start once it is ready
+    (nodes that start together on an empty PostgreSQL database race in the migrations).
+    """
+    nodes: list[Child] = []
+    try:
+        for n in range(setup.nodes):
+            node = start_coordinator(
+                children,
+                database_url,
+                name=f"row{index}-bench-node-{n + 1}",
+                node_id=f"bench-node-{n + 1}",
+                profile=opts.profile if n == 0 else None,
+            )
+            nodes.append(node)
+            if n == 0:
+                await wait_ready(session, node, "/")
+        for node in nodes[1:]:
+            await wait_ready(session, node, "/")
+        headers = admin_headers()
+        await register_backends(session, nodes[0], backends, headers, opts)
+
+        async def through_taskyard(i: int) -> Sample:
+            return await taskyard_request(poller, nodes[i % len(nodes)].url, headers, i)
+
+        row = await measure(setup.name, opts, backends, through_taskyard, nodes)
+    finally:
+        for node in nodes:  # before the database is dropped
+            children.stop(node)
+    for node in nodes:
+        lines = node.log_tail(10**6).splitlines()
+        row.node_logs += [f"{node.name}: {line}" for line in lines if PROBLEM.search(line)]
+    return row
+
+
+async def bench(opts: Options, children: Children, workdir: Path) -> list[Row]:
+    backends = [
+        start_mock_backend(children, f"b{i}", delay_ms=opts.delay_ms, force_async=opts.is_async)
+        for i in range(opts.backends)
+    ]
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=opts.clients + 16)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for backend in backends:
+            await wait_ready(session, backend, "/health")
+        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s)
+        urls = [b.url for b in backends]
+
+        async def direct(i: int) -> Sample:
+            return await direct_request(poller, urls, i, is_async=opts.is_async)
+
+        rows = [await measure("direct", opts, backends, direct, nodes=())]
+        for index, setup in enumerate(opts.setups, 1):
+            async with database_for(setup, index, opts, workdir) as database_url:
+                row = await taskyard_row(
+                    session,
+                    poller,
+                    children,
+                    backends,
+                    setup=setup,
+                    index=index,
+                    database_url=database_url,
+                    opts=opts,
+                )
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
     header = ["", "tasks", "concurrency", "throughput/s", "p50 ms", "p99 ms"]
-    rows = [header]
-    for result in (direct, taskyard):
-        rows.append(
+    header += ["thr/direct", "p50/direct", "nodes CPU ms/task", "all FINISHED"]
+    direct = rows[0].result
+    lines = [header]
+    for row in rows:
+        result = row.result
+        cpu = (
+            "-"
+            if row.nodes_cpu_s is None
+            else f"{row.nodes_cpu_s / max(1, result.tasks) * 1000:.2f}"
+        )
+        lines.append(
             [
                 result.name,
                 str(result.tasks),
@@ -292,113 +520,46 @@ def format_table(direct: LoadResult, taskyard: LoadResult) -> str:
                 f"{result.throughput:.1f}",
                 f"{result.latency_ms(50):.1f}",
                 f"{result.latency_ms(99):.1f}",
+                f"{result.throughput / direct.throughput:.3f}",
+                f"{result.latency_ms(50) / direct.latency_ms(50):.2f}",
+                cpu,
+                "yes" if row.all_finished else "NO",
             ]
         )
-    rows.append(
-        [
-            "ratio taskyard/direct",
-            "",
-            "",
-            f"{taskyard.throughput / direct.throughput:.3f}",
-            f"{taskyard.latency_ms(50) / direct.latency_ms(50):.2f}",
-            f"{taskyard.latency_ms(99) / direct.latency_ms(99):.2f}",
-        ]
-    )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [
         "  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+            for i, cell in enumerate(line)
         )
-        for row in rows
+        for line in lines
     ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    text.insert(1, "-" * len(text[0]))
+    return "\n".join(text)
 
 
-def format_statuses(result: LoadResult) -> str:
-    counts = ", ".join(f"{status} {n}" for status, n in sorted(result.statuses.items()))
-    return f"{result.name} final statuses: {counts}"
-
-
-async def setup_servers(
-    session: aiohttp.ClientSession, coordinator: Child, backends: Sequence[Child], opts: Options
-) -> dict[str, str]:
-    """Wait for every process, register the backends and wait until they are online."""
-    for backend in backends:
-        await wait_ready(session, backend, "/health")
-    await wait_ready(session, coordinator, "/")
-    headers = admin_headers()
-    for i, backend in enumerate(backends):
-        body = server_body(f"b{i}", backend.url, capacity=opts.capacity, is_async=opts.is_async)
-        await register(session, coordinator.url, headers, body)
-    await wait_online(session, coordinator.url, headers, len(backends))
-    return headers
-
-
-async def bench(opts: Options, children: Children, workdir: Path) -> Report:
-    backends = [
-        start_mock_backend(children, f"b{i}", delay_ms=opts.delay_ms, force_async=opts.is_async)
-        for i in range(opts.backends)
-    ]
-    database_url = opts.database_url or f"sqlite:///{workdir / 'taskyard.db'}"
-    coordinator = start_coordinator(children, database_url, profile=opts.profile)
-
-    timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=opts.clients + 16)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        headers = await setup_servers(session, coordinator, backends, opts)
-        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s)
-        urls = [b.url for b in backends]
-
-        async def direct(i: int) -> Sample:
-            return await direct_request(poller, urls, i, is_async=opts.is_async)
-
-        async def through_taskyard(i: int) -> Sample:
-            return await taskyard_request(poller, coordinator.url, headers, i)
-
-        cpu: dict[str, float] = {}
-        if opts.warmup:
-            await run_load("warmup", opts.warmup, opts.clients, direct)
-        mark = (cpu_of(backends), time.process_time())
-        direct_result = await run_load("direct", opts.tasks, opts.clients, direct)
-        cpu["backends (direct)"] = cpu_of(backends) - mark[0]
-        cpu["load generator (direct)"] = time.process_time() - mark[1]
-
-        if opts.warmup:
-            await run_load("warmup", opts.warmup, opts.clients, through_taskyard)
-        mark = (cpu_of(backends), time.process_time())
-        coordinator_mark = cpu_seconds(coordinator.pid)
-        taskyard_result = await run_load("taskyard", opts.tasks, opts.clients, through_taskyard)
-        cpu["coordinator (taskyard)"] = cpu_seconds(coordinator.pid) - coordinator_mark
-        cpu["backends (taskyard)"] = cpu_of(backends) - mark[0]
-        cpu["load generator (taskyard)"] = time.process_time() - mark[1]
-    return Report(direct_result, taskyard_result, cpu)
-
-
-def print_report(report: Report, opts: Options) -> None:
+def print_report(rows: Sequence[Row], opts: Options) -> None:
     mode = "async (202 + callback)" if opts.is_async else "sync (200 with the result)"
+    wait = (
+        f"long poll ?wait={opts.wait_s:g}" if opts.wait_s > 0 else f"poll every {opts.poll_ms:g} ms"
+    )
     print(
         f"\n{opts.backends} mock backends x capacity {opts.capacity}, delay {opts.delay_ms:g} ms,"
-        f" {mode}; {opts.clients} clients; "
-        + (
-            f"long poll ?wait={opts.wait_s:g}"
-            if opts.wait_s > 0
-            else f"poll every {opts.poll_ms:g} ms"
-        )
-        + "\n"
+        f" {mode}; {opts.clients} clients; {wait}\n"
     )
-    print(format_table(report.direct, report.taskyard))
+    print(format_table(rows))
     print()
-    print(format_statuses(report.direct))
-    print(format_statuses(report.taskyard))
-    print(
-        f"polls per task: direct {report.direct.polls_per_task:.2f},"
-        f" taskyard {report.taskyard.polls_per_task:.2f}"
-    )
-    tasks = max(1, report.taskyard.tasks)
-    for what, seconds in report.cpu.items():
-        per_task = f" ({seconds / tasks * 1000:.2f} ms/task)" if "coordinator" in what else ""
-        print(f"CPU seconds, {what}: {seconds:.2f}{per_task}")
+    for row in rows:
+        result = row.result
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(result.statuses.items()))
+        cpu = f"backends {row.backends_cpu_s:.2f}, load generator {row.load_cpu_s:.2f}"
+        if row.nodes_cpu_s is not None:
+            cpu = f"nodes {row.nodes_cpu_s:.2f}, {cpu}"
+        print(f"{result.name}: {counts}; polls/task {result.polls_per_task:.2f}; CPU s: {cpu}")
+    for row in rows[1:]:
+        if row.node_logs:
+            print(f"\n{row.result.name}: {len(row.node_logs)} warnings/errors in the node logs:")
+            print("\n".join(row.node_logs[:10]))
 
 
 def print_profile(path: Path, top: int = 25) -> None:
@@ -415,19 +576,19 @@ def print_profile(path: Path, top: int = 25) -> None:
         pstats.Stats(str(path)).sort_stats(key).print_stats(top)
 
 
-def all_finished(report: Report) -> bool:
-    return all(set(r.statuses) == {"FINISHED"} for r in (report.direct, report.taskyard))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    report = run_in_workdir("taskyard-bench-", keep=opts.keep, bench=lambda c, w: bench(opts, c, w))
-    if report is None:
+    fresh_postgres = any(s.database == "postgresql" and not s.database_url for s in opts.setups)
+    if fresh_postgres and (problem := asyncio.run(postgres_unreachable(opts.postgres_url))):
+        print(f"{problem}; give --postgres-url or TASKYARD_TEST_POSTGRES_URL", file=sys.stderr)
+        return 2
+    rows = run_in_workdir("taskyard-bench-", keep=opts.keep, bench=lambda c, w: bench(opts, c, w))
+    if rows is None:
         return 130
-    print_report(report, opts)
+    print_report(rows, opts)
     if opts.profile is not None:
         print_profile(opts.profile)
-    if not all_finished(report):
+    if not all(row.all_finished for row in rows):
         print("FAILED: not every task is FINISHED", file=sys.stderr)
         return 1
     return 0
