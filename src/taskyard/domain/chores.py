@@ -55,21 +55,28 @@ class Chores(Wakeable):
             c.health.resync_soon(spread=True)
 
     async def recover_lost_nodes(self, now: int) -> None:
-        """Attempts sent by a coordinator that died before any answer will never be answered:
-        re-queue them now instead of waiting for their deadline."""
+        """Attempts sent by a node that died (or stopped) before any answer will never be
+        answered: re-queue them now instead of waiting for their deadline.
+
+        Dead nodes are forgotten first, then every unanswered attempt of a node that is not
+        recorded is re-queued; a crash between the two steps is repaired by the next round.
+        """
         c = self.c
         dead = [
             n
             for n in await c.store.dead_nodes(seen_before=now - self.node_timeout_ms)
             if n != c.node_id
         ]
-        if not dead:
-            return
-        lost = await c.store.unacked_attempts(node_ids=dead)
-        await c.dispatcher.requeue(
-            lost, error="coordinator lost before the backend answered", code=ErrorCode.NODE_LOST
-        )
-        await c.store.delete_nodes(dead)
+        if dead:
+            await c.store.delete_nodes(dead)
+            c.bus.nodes()
+        lost = await c.store.orphaned_attempts()
+        if lost:
+            await c.dispatcher.requeue(
+                lost,
+                error="coordinator lost before the backend answered",
+                code=ErrorCode.NODE_LOST,
+            )
 
     async def remove_offline_servers(self, now: int) -> None:
         """Servers the health monitor does not cover (no health URL) expire here too."""

@@ -64,7 +64,9 @@ class Store(Protocol):
 
     async def processing_on(self, server_ids: Iterable[str]) -> list[Task]: ...
 
-    async def unacked_attempts(self, *, node_ids: Iterable[str]) -> list[Task]: ...
+    async def orphaned_attempts(self) -> list[Task]:
+        """Unanswered attempts whose node is no longer recorded in `nodes`."""
+        ...
 
     async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
         """Apply conditional updates together; each reports whether it matched."""

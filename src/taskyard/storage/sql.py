@@ -146,12 +146,13 @@ class SqlStore:
         )
         return await self._tasks(query)
 
-    async def unacked_attempts(self, *, node_ids: Iterable[str]) -> list[Task]:
-        """Attempts sent by these coordinators that no backend answered yet."""
+    async def orphaned_attempts(self) -> list[Task]:
+        """Attempts that no backend answered yet, sent by a node that is no longer recorded
+        (declared dead, or stopped before its sends finished)."""
         query = select(tasks).where(
             tasks.c.status == TaskStatus.PROCESSING,
             tasks.c.acked.is_(False),
-            tasks.c.node_id.in_(list(node_ids)),
+            tasks.c.node_id.not_in(select(nodes.c.id)),
         )
         return await self._tasks(query)
 
