@@ -162,3 +162,32 @@ def test_factories_make_claimable_rows() -> None:
     task = make_task()
     assert server.status is ServerStatus.ONLINE and task.status is TaskStatus.WAITING
     assert dispatch.assign([task, replace(task, id="t2")], [server])
+
+
+async def test_orphaned_attempts_are_the_unanswered_ones_of_unrecorded_nodes(
+    stores: list[SqlStore],
+) -> None:
+    store = stores[0]
+    await store.touch_node(node_id="alive", host="h", now=1_000)
+
+    async def start(task_id: str, node: str, *, acked: bool = False) -> None:
+        task = make_task(id=task_id)
+        await store.add_task(task)
+        update, running = lifecycle.start_attempt(
+            task, server_id="gpu", node_id=node, callback_url="http://cb", now=2_000
+        )
+        assert await store.update_task(update)
+        if acked:
+            assert await store.update_task(
+                lifecycle.acknowledge(running, progress=None, now=2_001)[0]
+            )
+
+    await start("sent-by-alive", "alive")
+    await start("sent-by-gone", "gone")
+    await start("accepted-by-backend", "gone", acked=True)  # its callback can still come
+    assert [t.id for t in await store.orphaned_attempts()] == ["sent-by-gone"]
+    await store.delete_nodes(["alive"])
+    assert sorted(t.id for t in await store.orphaned_attempts()) == [
+        "sent-by-alive",
+        "sent-by-gone",
+    ]
