@@ -9,20 +9,36 @@ from typing import Any
 
 import pytest
 
-from tests.support import MockBackend, Taskyard
+from tests import pg
+from tests.support import DATABASES, MockBackend, Taskyard, fresh_database
 
 
 @pytest.fixture(autouse=True)
 def _scrub_taskyard_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests control configuration; the developer's TASKYARD_* variables must not leak in."""
+    """Tests control configuration; the developer's TASKYARD_* variables must not leak in.
+    TASKYARD_TEST_* variables configure the tests themselves (e.g. `tests.pg`) and stay."""
     for name in [n for n in os.environ if n.startswith("TASKYARD_")]:
+        if name.startswith("TASKYARD_TEST_"):
+            continue
         monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """A fresh SQLite file per test."""
-    return f"sqlite:///{tmp_path / 'taskyard.db'}"
+@pytest.fixture(params=DATABASES, ids=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test: a SQLite file, then (a second run of the test) a PostgreSQL
+    database, dropped afterwards. PostgreSQL skips loudly when unreachable, fails under CI=true."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=DATABASES, ids=DATABASES)
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """`sqlite` or `postgresql`, for module-scoped coordinators (`support.shared_taskyard`):
+    a module's tests run once per database, grouped so each coordinator starts once."""
+    kind: str = request.param
+    if kind == "postgresql":
+        pg.require_postgres()
+    return kind
 
 
 @pytest.fixture
@@ -64,3 +80,10 @@ def mock_factory(tmp_path: Path) -> Iterator[Callable[..., MockBackend]]:
     yield start
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture
+def postgres_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (skips or fails as `tests.pg` explains)."""
+    with pg.fresh_database() as url:
+        yield url

@@ -6,15 +6,19 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import jwt
+from sqlalchemy.engine import make_url
+
+from tests import pg
 
 SECRET = "test-secret-" + "x" * 40
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +37,60 @@ FAST_ENV = {
     "TASKYARD_NODE_TIMEOUT_S": "2",
     "TASKYARD_TASK_TIMEOUT_S": "10",
 }
+
+
+# ---- Databases: every coordinator test runs on both -------------------------------------------
+
+DATABASES = ["sqlite", "postgresql"]  # the `database_url` / `db_kind` fixture params (and ids)
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
+    """The URL of a new empty database of `kind`: a SQLite file in `workdir` (which must not
+    hold one yet), or a PostgreSQL database dropped afterwards (see `tests.pg`)."""
+    if kind == "sqlite":
+        path = workdir / "taskyard.db"
+        assert not path.exists(), f"{path} already exists"
+        yield f"sqlite:///{path}"
+    elif kind == "postgresql":
+        with pg.fresh_database() as url:
+            yield url
+    else:
+        raise ValueError(f"unknown database kind {kind!r}")
+
+
+def _query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query, straight from the database (not through taskyard)."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        db = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
+        try:
+            return [tuple(row) for row in db.execute(sql)]
+        finally:
+            db.close()
+    if backend == "postgresql":
+        return pg.fetch(database_url, sql)
+    raise ValueError(f"unsupported database URL {url.drivername!r}")
+
+
+def count_rows(database_url: str, table: str) -> int:
+    """Rows in `table` of the database at `database_url` (SQLite or PostgreSQL)."""
+    if not table.isidentifier():
+        raise ValueError(f"not a table name: {table!r}")
+    return int(_query(database_url, f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+def table_names(database_url: str) -> set[str]:
+    """The tables in the database at `database_url` (PostgreSQL: schema `public`)."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    return {row[0] for row in _query(database_url, sql)}
+
+
+# ---- Processes ---------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -79,7 +137,7 @@ class Proc:
         self.url = f"http://127.0.0.1:{port}"
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_path: str = "/", timeout: float = 30.0) -> Proc:
+    def start(self, ready_path: str = "/", timeout: float = 30.0) -> Self:
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.log.parent
@@ -120,6 +178,7 @@ class Taskyard(Proc):
 
     def __init__(self, *, database_url: str, workdir: Path, env: dict[str, str]) -> None:
         port = free_port()
+        self.database_url = database_url
         full_env = clean_env(
             TASKYARD_JWT_SECRET=SECRET,
             TASKYARD_DATABASE_URL=database_url,
@@ -216,11 +275,11 @@ class MockBackend(Proc):
 # ---- Shared coordinators: one per test module, each test in its own namespace ----------------
 
 
-def start_taskyard(workdir: Path, **env: Any) -> Taskyard:
-    """Start a coordinator on a fresh SQLite file in `workdir`; `env` keys as in
-    `taskyard_factory` (e.g. `health_interval_min_s=30`). The caller stops it."""
+def start_taskyard(workdir: Path, *, database_url: str | None = None, **env: Any) -> Taskyard:
+    """Start a coordinator on `database_url` (default: a SQLite file in `workdir`); `env` keys
+    as in `taskyard_factory` (e.g. `health_interval_min_s=30`). The caller stops it."""
     node = Taskyard(
-        database_url=f"sqlite:///{workdir / 'taskyard.db'}",
+        database_url=database_url or f"sqlite:///{workdir / 'taskyard.db'}",
         workdir=workdir,
         env={f"TASKYARD_{k.upper()}": str(v) for k, v in env.items()},
     )
@@ -302,11 +361,25 @@ def mock_info(backend: MockBackend) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running_taskyard(workdir: Path, **env: Any) -> Iterator[Taskyard]:
-    """A coordinator for the length of a `with` block (module-scoped fixtures use this)."""
-    node = start_taskyard(workdir, **env)
+def running_taskyard(
+    workdir: Path, *, database_url: str | None = None, **env: Any
+) -> Iterator[Taskyard]:
+    """A coordinator for the length of a `with` block, arguments as for `start_taskyard`."""
+    node = start_taskyard(workdir, database_url=database_url, **env)
     try:
         yield node
     finally:
         node.stop()
         node.admin.close()
+
+
+@contextlib.contextmanager
+def shared_taskyard(kind: str, workdir: Path, **env: Any) -> Iterator[Taskyard]:
+    """A coordinator on its own fresh database of `kind` (module-scoped fixtures use this with
+    the `db_kind` fixture). Each coordinator gets its own database: two on one PostgreSQL
+    database would form a cluster."""
+    with (
+        fresh_database(kind, workdir) as url,
+        running_taskyard(workdir, database_url=url, **env) as node,
+    ):
+        yield node

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +14,15 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import SECRET, MockBackend, Taskyard, bearer, running_taskyard, token
+from tests.support import (
+    SECRET,
+    MockBackend,
+    Taskyard,
+    bearer,
+    count_rows,
+    shared_taskyard,
+    token,
+)
 
 BACKEND_ID = "b1"
 # The backend answers 202 and calls back only after a minute: its tasks stay PROCESSING.
@@ -23,13 +30,13 @@ SLOW_MS = "60000"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("auth")
+def workdir(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp(f"auth-{db_kind}")
 
 
 @pytest.fixture(scope="module")
-def yard(workdir: Path) -> Iterator[Taskyard]:
-    with running_taskyard(workdir) as node:
+def yard(db_kind: str, workdir: Path) -> Iterator[Taskyard]:
+    with shared_taskyard(db_kind, workdir) as node:
         yield node
 
 
@@ -64,14 +71,8 @@ def signed(payload: dict[str, Any], secret: str = SECRET) -> str:
 
 
 def row_count(yard: Taskyard, table: str) -> int:
-    """Rows in `table`, read straight from the SQLite file."""
-    path = yard.env["TASKYARD_DATABASE_URL"].removeprefix("sqlite:///")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        count: int = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        db.close()
-    return count
+    """Rows in `table`, read straight from the database."""
+    return count_rows(yard.database_url, table)
 
 
 def report(status: str = "FINISHED", **metadata: Any) -> dict[str, Any]:

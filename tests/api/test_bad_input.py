@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,29 +11,22 @@ import pytest
 from taskyard.api.app import create_app
 from taskyard.api.schemas import MAX_JSON_DEPTH
 from taskyard.config import Settings
-from tests.support import SECRET, Taskyard, running_taskyard
+from tests.support import SECRET, Taskyard, count_rows, shared_taskyard
 
 LIMIT = 2048  # TASKYARD_MAX_BODY_BYTES for the node with a lowered limit
 DEFAULT_LIMIT = 1_048_576
 
 
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
     """One coordinator with no backends: tasks stay WAITING, nothing moves under the tests."""
-    with running_taskyard(tmp_path_factory.mktemp("bad-input")) as node:
+    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"bad-input-{db_kind}")) as node:
         yield node
 
 
 def counts(yard: Taskyard) -> tuple[int, int]:
-    """(tasks, servers) rows, read straight from the SQLite file."""
-    path = yard.env["TASKYARD_DATABASE_URL"].removeprefix("sqlite:///")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tasks = db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-        servers = db.execute("SELECT COUNT(*) FROM servers").fetchone()[0]
-    finally:
-        db.close()
-    return int(tasks), int(servers)
+    """(tasks, servers) rows, read straight from the database."""
+    return count_rows(yard.database_url, "tasks"), count_rows(yard.database_url, "servers")
 
 
 def assert_400(response: httpx.Response, *, mentions: str | None = None) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.support import Taskyard, running_taskyard
+from tests.support import Taskyard, shared_taskyard
 
-# Every route of SPEC §2 with its methods (and nothing undocumented under /api).
+# Every route of SPEC §2 and issue 3 with its methods (and nothing undocumented under /api).
 API_ROUTES: dict[str, set[str]] = {
     "/api/task": {"post"},
     "/api/task/{task_id}": {"get", "put"},
@@ -21,6 +21,7 @@ API_ROUTES: dict[str, set[str]] = {
     "/api/servers/{server_id}": {"get", "delete"},
     "/api/servers/{server_id}/heartbeat": {"post"},
     "/api/servers/cleanup": {"post"},
+    "/api/nodes": {"get"},  # issue 3: the cluster's nodes
 }
 WITH_BODY = [("/api/task", "post"), ("/api/task/{task_id}", "put"), ("/api/servers", "post")]
 WITH_ID = [(p, m) for p, ms in API_ROUTES.items() for m in ms if "{" in p]
@@ -28,8 +29,8 @@ CONFLICTS = [("/api/task/{task_id}", "put"), ("/api/task/{task_id}/cancel", "pos
 
 
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    with running_taskyard(tmp_path_factory.mktemp("docs")) as node:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"docs-{db_kind}")) as node:
         yield node
 
 

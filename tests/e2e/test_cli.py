@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import jwt
+from sqlalchemy.engine import make_url
 
-from tests.support import SECRET, clean_env
+from tests import pg
+from tests.support import SECRET, clean_env, table_names
 
 
 def _taskyard(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -53,21 +54,30 @@ def test_development_secret_is_shared_between_commands(tmp_path: Path) -> None:
     assert secret not in first.stdout + first.stderr
 
 
-def test_migrate_then_check(tmp_path: Path) -> None:
-    """`migrate` creates the schema; `check` then exits 0."""
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    migrated = _taskyard("migrate", cwd=tmp_path, TASKYARD_DATABASE_URL=url)
+def test_migrate_then_check(database_url: str, tmp_path: Path) -> None:
+    """`migrate` creates the schema in a fresh database (SQLite file or PostgreSQL database);
+    `check` then exits 0."""
+    migrated = _taskyard("migrate", cwd=tmp_path, TASKYARD_DATABASE_URL=database_url)
     assert migrated.returncode == 0, migrated.stderr
-    with sqlite3.connect(tmp_path / "cli.db") as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    assert {"tasks", "servers", "nodes"} <= tables
-    assert _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=url).returncode == 0
+    assert {"tasks", "servers", "nodes", "alembic_version"} <= table_names(database_url)
+    checked = _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=database_url)
+    assert checked.returncode == 0, checked.stderr
+    assert "database: OK" in checked.stdout
 
 
 def test_check_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:
     """`check` exits 1 when the database cannot be opened."""
     url = f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"
     assert _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=url).returncode == 1
+
+
+def test_check_fails_when_the_postgresql_database_is_missing(tmp_path: Path) -> None:
+    """`check` exits 1 when the PostgreSQL server answers but has no such database."""
+    pg.require_postgres()
+    url = make_url(pg.dsn(pg.server_url())).set(database=pg.PREFIX + "missing")
+    done = _taskyard("check", cwd=tmp_path, TASKYARD_DATABASE_URL=url.render_as_string(False))
+    assert done.returncode == 1, done.stdout
+    assert "database: unreachable" in done.stderr
 
 
 def test_production_refuses_to_start_without_a_strong_secret(tmp_path: Path) -> None:

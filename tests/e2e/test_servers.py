@@ -16,7 +16,7 @@ from tests.support import (
     Taskyard,
     bearer,
     free_port,
-    start_taskyard,
+    shared_taskyard,
     wait_for,
 )
 
@@ -33,23 +33,23 @@ SLOW_HEALTH = {
 MockFactory = Callable[..., MockBackend]
 
 
-def shared_yard(factory: pytest.TempPathFactory, name: str, **env: float) -> Iterator[Taskyard]:
+def shared_yard(
+    kind: str, factory: pytest.TempPathFactory, name: str, **env: float
+) -> Iterator[Taskyard]:
     """A coordinator shared by this module's tests (a start costs seconds of imports)."""
-    node = start_taskyard(factory.mktemp(name), **env)
-    yield node
-    node.stop()
-    node.admin.close()
+    with shared_taskyard(kind, factory.mktemp(f"{name}-{kind}"), **env) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
     """The FAST_ENV intervals."""
-    yield from shared_yard(tmp_path_factory, "fast")
+    yield from shared_yard(db_kind, tmp_path_factory, "fast")
 
 
 @pytest.fixture(scope="module")
-def slow_yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    yield from shared_yard(tmp_path_factory, "slow", **SLOW_HEALTH)
+def slow_yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+    yield from shared_yard(db_kind, tmp_path_factory, "slow", **SLOW_HEALTH)
 
 
 @pytest.fixture

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from tests.support import MockBackend, Taskyard, wait_for
 
+MockFactory = Callable[..., MockBackend]
 
-def test_sync_backend_finishes_task(taskyard: Taskyard, mock_factory) -> None:
+
+def test_sync_backend_finishes_task(taskyard: Taskyard, mock_factory: MockFactory) -> None:
     """A task dispatched to a synchronous backend is FINISHED with the backend's result."""
     backend: MockBackend = mock_factory("sync-1", "--delay-ms", "20")
     taskyard.register_online(backend)
@@ -18,7 +21,9 @@ def test_sync_backend_finishes_task(taskyard: Taskyard, mock_factory) -> None:
     assert task["attempts"][0]["serverId"] == "sync-1"
 
 
-def test_long_poll_answers_when_the_task_is_final(taskyard: Taskyard, mock_factory) -> None:
+def test_long_poll_answers_when_the_task_is_final(
+    taskyard: Taskyard, mock_factory: MockFactory
+) -> None:
     """GET ?wait= returns as soon as the task is final, in one request."""
     backend: MockBackend = mock_factory("slowish", "--delay-ms", "400")
     taskyard.register_online(backend)
@@ -42,7 +47,9 @@ def test_long_poll_gives_up_after_the_wait(taskyard: Taskyard) -> None:
     assert bad.status_code == 400
 
 
-def test_final_tasks_are_purged_after_the_retention(taskyard_factory, mock_factory) -> None:
+def test_final_tasks_are_purged_after_the_retention(
+    taskyard_factory: Callable[..., Taskyard], mock_factory: MockFactory
+) -> None:
     """Finished tasks disappear after TASKYARD_RESULT_RETENTION_S; open ones stay."""
     node: Taskyard = taskyard_factory(result_retention_s=1)
     node.register_online(mock_factory("quick"), models=["m"])

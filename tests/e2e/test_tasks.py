@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.support import (
     Taskyard,
     bearer,
     mock_info,
-    start_taskyard,
+    shared_taskyard,
     token,
     wait_for,
 )
@@ -29,12 +30,10 @@ ASYNC = {"async": True}  # registration field; `async` is a Python keyword
 
 
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
     """One coordinator (FAST_ENV intervals) shared by this module's tests."""
-    node = start_taskyard(tmp_path_factory.mktemp("yard"))
-    yield node
-    node.stop()
-    node.admin.close()
+    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"yard-{db_kind}")) as node:
+        yield node
 
 
 @pytest.fixture
@@ -287,7 +286,7 @@ def test_deadline_passed_retries_and_late_callback_is_rejected(fleet: Fleet) -> 
     assert after_final.status_code == 409, after_final.text
     # The mocks' own late callbacks (attempts 1 and 2) were refused too.
     for backend in (slow_a, slow_b):
-        (record,) = wait_for(lambda b=backend: callbacks(b), timeout=10, what="late callback")
+        (record,) = wait_for(partial(callbacks, backend), timeout=10, what="late callback")
         assert record["status"] == 409
     assert yard.task(task_id) == task
 

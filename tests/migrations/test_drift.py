@@ -1,8 +1,6 @@
-"""The Alembic migrations build exactly the schema that `tables.py` declares."""
+"""The Alembic migrations build exactly the schema that `tables.py` declares, on both databases."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -14,14 +12,14 @@ from taskyard.storage.tables import metadata
 
 
 def _diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
     return list(compare_metadata(context, metadata))
 
 
-async def test_upgrade_head_matches_tables(tmp_path: Path) -> None:
-    """`upgrade head` on an empty SQLite file leaves no difference from the table definitions."""
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    await upgrade(url)
+async def _assert_no_drift(url: str) -> None:
+    """No difference from `tables.py` (types and server defaults included), no extra table."""
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
@@ -30,8 +28,14 @@ async def test_upgrade_head_matches_tables(tmp_path: Path) -> None:
         await engine.dispose()
 
 
-async def test_upgrade_is_idempotent(tmp_path: Path) -> None:
-    """Running the migrations twice (a restart) is harmless."""
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    await upgrade(url)
-    await upgrade(url)
+async def test_upgrade_head_matches_tables(database_url: str) -> None:
+    """`upgrade head` on an empty database leaves no difference from the table definitions."""
+    await upgrade(database_url)
+    await _assert_no_drift(database_url)
+
+
+async def test_upgrade_is_idempotent(database_url: str) -> None:
+    """Running the migrations twice (a restart) is harmless and changes nothing."""
+    await upgrade(database_url)
+    await upgrade(database_url)
+    await _assert_no_drift(database_url)
