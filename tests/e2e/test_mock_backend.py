@@ -431,3 +431,30 @@ def test_listening_line_and_info(spawn: Callable[..., Backend]) -> None:
     info = backend.client.get("/info").json()
     assert info["server_id"] == "m7"
     assert (info["delay_ms"], info["async"], info["received"]) == (3, True, 0)
+
+
+def test_health_checks_record_the_node(backend: Backend) -> None:
+    """/health-checks lists every health GET with its X-Taskyard-Node (None when absent) and
+    its path with the query, failing checks included; reset clears it."""
+    before = time.time()
+    node_a = {"X-Taskyard-Node": "node-a"}
+    assert backend.client.get("/health?server=s1", headers=node_a).status_code == 200
+    assert backend.client.get("/health").status_code == 200
+    assert backend.control(unhealthy=True).status_code == 200
+    assert backend.client.get("/health", headers={"X-Taskyard-Node": "node-b"}).status_code == 503
+    after = time.time()
+
+    checks = backend.client.get("/health-checks").json()["checks"]
+    assert [(c["node"], c["path"]) for c in checks] == [
+        ("node-a", "/health?server=s1"),
+        (None, "/health"),
+        ("node-b", "/health"),
+    ]
+    assert all(isinstance(c["at"], float) and before <= c["at"] <= after for c in checks)
+    assert [c["at"] for c in checks] == sorted(c["at"] for c in checks)
+    # Other endpoints are not health checks.
+    assert backend.client.get("/info").status_code == 200
+    assert len(backend.client.get("/health-checks").json()["checks"]) == 3
+
+    assert backend.client.post("/control/reset").status_code == 200
+    assert backend.client.get("/health-checks").json() == {"checks": []}
