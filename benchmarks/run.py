@@ -64,6 +64,7 @@ from benchmarks.fleet import (
     admin_headers,
     cpu_of,
     fresh_postgres_database,
+    local_postgres_cpu,
     postgres_server_url,
     postgres_unreachable,
     register,
@@ -369,6 +370,7 @@ class Row:
     backends_cpu_s: float
     load_cpu_s: float
     nodes_cpu_s: float | None = None  # summed over the nodes; None for direct
+    postgres_cpu_s: float = 0.0  # the local PostgreSQL server's processes
     node_logs: list[str] = field(default_factory=list)  # PROBLEM lines the nodes logged
 
     @property
@@ -382,13 +384,14 @@ async def measure(
     """Warm up, then run the measured requests, counting the CPU everyone spent on them."""
     if opts.warmup:
         await run_load("warmup", opts.warmup, opts.clients, one)
-    marks = (cpu_of(backends), time.process_time(), cpu_of(nodes))
+    marks = (cpu_of(backends), time.process_time(), cpu_of(nodes), local_postgres_cpu())
     result = await run_load(name, opts.tasks, opts.clients, one)
     return Row(
         result,
         backends_cpu_s=cpu_of(backends) - marks[0],
         load_cpu_s=time.process_time() - marks[1],
         nodes_cpu_s=cpu_of(nodes) - marks[2] if nodes else None,
+        postgres_cpu_s=local_postgres_cpu() - marks[3],
     )
 
 
@@ -554,7 +557,7 @@ def print_report(rows: Sequence[Row], opts: Options) -> None:
         counts = ", ".join(f"{status} {n}" for status, n in sorted(result.statuses.items()))
         cpu = f"backends {row.backends_cpu_s:.2f}, load generator {row.load_cpu_s:.2f}"
         if row.nodes_cpu_s is not None:
-            cpu = f"nodes {row.nodes_cpu_s:.2f}, {cpu}"
+            cpu = f"nodes {row.nodes_cpu_s:.2f}, postgres {row.postgres_cpu_s:.2f}, {cpu}"
         print(f"{result.name}: {counts}; polls/task {result.polls_per_task:.2f}; CPU s: {cpu}")
     for row in rows[1:]:
         if row.node_logs:
