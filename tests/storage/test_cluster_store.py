@@ -191,3 +191,51 @@ async def test_orphaned_attempts_are_the_unanswered_ones_of_unrecorded_nodes(
         "sent-by-alive",
         "sent-by-gone",
     ]
+
+
+async def test_a_node_listens_again_after_losing_its_connection(postgres_database_url: str) -> None:
+    """The LISTEN connection is killed server-side: the bus reconnects, reports everything as
+    changed once (notices sent meanwhile are lost), and notices flow again."""
+    await upgrade(postgres_database_url)
+    store = SqlStore.open(postgres_database_url)
+    heard: list[object] = []
+    handlers = ClusterHandlers(
+        tasks_final=lambda ids: heard.append(("final", list(ids))),
+        work=lambda: heard.append("work"),
+        servers=lambda: heard.append("servers"),
+        nodes=lambda: heard.append("nodes"),
+    )
+    listener = PgBus(postgres_database_url, node_id="b", send=store.notify)
+    sender = PgBus(postgres_database_url, node_id="a", send=store.notify)
+    try:
+        await listener.start(handlers)
+        database = postgres_database_url.rsplit("/", 1)[1]
+        killed = await store.runner.read(
+            lambda conn: conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                f" WHERE datname = '{database}' AND query LIKE 'LISTEN%'"
+            ).all()
+        )
+        assert killed == [(True,)]
+        for _ in range(100):
+            if not listener.listening:
+                break
+            await asyncio.sleep(0.05)
+        heard.clear()
+        for _ in range(200):  # reconnects after RECONNECT_S
+            if listener.listening and "work" in heard:
+                break
+            await asyncio.sleep(0.05)
+        assert listener.listening
+        assert {"work", "servers", "nodes"} <= set(heard)  # the catch-up after reconnecting
+        heard.clear()
+        sender.tasks_final(["t-after"])
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.05)
+        assert heard == [("final", ["t-after"])]
+    finally:
+        await listener.close()
+        await sender.close()
+        await store.close()
