@@ -128,6 +128,7 @@ class SqlStore:
         query = (
             select(tasks)
             .where(tasks.c.status == TaskStatus.PROCESSING, tasks.c.deadline_at < now)
+            .order_by(tasks.c.id)  # every node sweeps in one order: its updates never deadlock
             .limit(limit)
         )
         return await self._tasks(query)
@@ -136,6 +137,7 @@ class SqlStore:
         query = (
             select(tasks)
             .where(tasks.c.status == TaskStatus.WAITING, tasks.c.queue_deadline_at < now)
+            .order_by(tasks.c.id)
             .limit(limit)
         )
         return await self._tasks(query)
