@@ -29,12 +29,16 @@ class Chores(Wakeable):
     async def step(self) -> float:
         c, now = self.c, now_ms()
         await c.store.touch_node(node_id=c.node_id, host=self.host, now=now)
-        await self.refresh_membership(now)
+        nodes = await c.store.list_nodes()
+        live = [n.id for n in nodes if n.alive(now=now, timeout_ms=self.node_timeout_ms)]
+        if c.membership.update(live):
+            c.health.resync_soon(spread=True)  # health checks are handed over
         # The lease lapses with its holder: a node unseen for node_timeout_s is dead.
         if await c.store.acquire_lease(
             CHORES_LEASE, holder=c.node_id, now=now, ttl_ms=self.node_timeout_ms
         ):
-            await self.recover_lost_nodes(now)
+            dead = [n.id for n in nodes if n.id not in live]
+            await self.recover_lost_nodes(dead)
             await self.remove_offline_servers(now)
             await c.store.purge_tasks(finished_before=now - int(c.config.result_retention_s * 1000))
         return c.config.chores_interval_s
@@ -43,18 +47,7 @@ class Chores(Wakeable):
     def node_timeout_ms(self) -> int:
         return int(self.c.config.node_timeout_s * 1000)
 
-    async def refresh_membership(self, now: int) -> None:
-        """Re-read the live nodes; when they changed, health checks are handed over."""
-        c = self.c
-        live = [
-            n.id
-            for n in await c.store.list_nodes()
-            if n.alive(now=now, timeout_ms=self.node_timeout_ms)
-        ]
-        if c.membership.update(live):
-            c.health.resync_soon(spread=True)
-
-    async def recover_lost_nodes(self, now: int) -> None:
+    async def recover_lost_nodes(self, dead: list[str]) -> None:
         """Attempts sent by a node that died (or stopped) before any answer will never be
         answered: re-queue them now instead of waiting for their deadline.
 
@@ -62,11 +55,6 @@ class Chores(Wakeable):
         recorded is re-queued; a crash between the two steps is repaired by the next round.
         """
         c = self.c
-        dead = [
-            n
-            for n in await c.store.dead_nodes(seen_before=now - self.node_timeout_ms)
-            if n != c.node_id
-        ]
         if dead:
             await c.store.delete_nodes(dead)
             c.bus.nodes()

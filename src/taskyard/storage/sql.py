@@ -234,10 +234,6 @@ class SqlStore:
 
         await self.writes.run(op)
 
-    async def dead_nodes(self, *, seen_before: int) -> list[str]:
-        query = select(nodes.c.id).where(nodes.c.last_seen_at < seen_before)
-        return await self.runner.read(lambda conn: [row[0] for row in conn.execute(query)])
-
     async def list_nodes(self) -> list[Node]:
         """Every recorded node, with the leases it holds."""
 
