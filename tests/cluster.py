@@ -73,6 +73,13 @@ class Cluster:
             node.stop()
             node.admin.close()
 
+    def log_tails(self, chars: int = 2000) -> str:
+        """The end of each node's log, for an assertion message."""
+        return "\n".join(
+            f"--- {self.node_id(node)} ---\n{node.log.read_text(errors='replace')[-chars:]}"
+            for node in self.nodes
+        )
+
     def wait_all_alive(self, timeout: float = 20.0) -> None:
         """Until every node's GET /api/nodes lists all running nodes alive."""
         expected = {self.node_id(node) for node in self.nodes if node.running}

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,10 @@ def test_long_poll_woken_across_nodes(
 ) -> None:
     """Waiters on one node answer promptly when another node records the result."""
     starting = in_background(lambda: mock_factory("lp"))
-    with running_cluster(postgres_database_url, tmp_path) as cluster:
+    # Generous deadlines: on a loaded machine a 2 s node timeout or a 10 s attempt deadline
+    # could move the hung attempts, which is not what this test is about.
+    patient = {"node_timeout_s": 15, "task_timeout_s": 120}
+    with running_cluster(postgres_database_url, tmp_path, **patient) as cluster:
         backend = starting.result(timeout=60)
         a = cluster.nodes[0]
         cluster.wait_all_alive()
@@ -289,7 +292,8 @@ def test_long_poll_woken_across_nodes(
         with ThreadPoolExecutor(len(ids)) as pool:
             futures = [pool.submit(wait_on, i) for i in range(len(ids))]
             time.sleep(1.5)  # let every waiter reach its wait (not an assertion)
-            assert not any(f.done() for f in futures)
+            early = [outcome(f) for f in futures if f.done()]
+            assert not early, f"waits answered before any result: {early}\n{cluster.log_tails()}"
             backend.control(hang=False)
             answers = [f.result(timeout=30) for f in futures]
 
@@ -301,6 +305,12 @@ def test_long_poll_woken_across_nodes(
         assert max(latencies) < 3.0, latencies
         # A 1 s re-read would average ~0.5 s; a wake-up from node A is far quicker.
         assert statistics.mean(latencies) < 0.5, latencies
+
+
+def outcome(future: Future[Any]) -> str:
+    """What a finished future gave, for an assertion message."""
+    error = future.exception()
+    return repr(error) if error is not None else repr(future.result())[:500]
 
 
 # ---- the failure test ----------------------------------------------------------------------
