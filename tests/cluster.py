@@ -76,8 +76,7 @@ class Cluster:
     def log_tails(self, chars: int = 2000) -> str:
         """The end of each node's log, for an assertion message."""
         return "\n".join(
-            f"--- {self.node_id(node)} ---\n{node.log.read_text(errors='replace')[-chars:]}"
-            for node in self.nodes
+            f"--- {self.node_id(node)} ---\n{node.log_tail(chars)}" for node in self.nodes
         )
 
     def wait_all_alive(self, timeout: float = 20.0) -> None:

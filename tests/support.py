@@ -146,7 +146,7 @@ class Proc:
         def ready() -> bool:
             assert self.popen is not None
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.args} exited early:\n{self.log.read_text()[-3000:]}")
+                raise AssertionError(f"{self.args} exited early:\n{self.log_tail()}")
             try:
                 return httpx.get(self.url + ready_path, timeout=1).status_code < 500
             except httpx.HTTPError:
@@ -154,6 +154,10 @@ class Proc:
 
         wait_for(ready, timeout=timeout, interval=0.1, what=f"{self.args[2:4]} to listen")
         return self
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the process's output, for an assertion message."""
+        return self.log.read_text(errors="replace")[-chars:]
 
     def kill9(self) -> None:
         if self.popen and self.popen.poll() is None:
