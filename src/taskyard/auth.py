@@ -1,12 +1,14 @@
 """JWT tokens: minting and checking. No web framework here.
 
-Tokens are HS256 (seed compatible) with a `roles` array and a required `exp`. Backends get two
-kinds of `service` token: a long-lived one bound to their server (`srv` claim), returned at
-registration, and a short-lived callback token bound to one attempt (`srv`, `tid`, `att`).
+Tokens are HS256 (seed compatible) with a `roles` array and a required `exp` and `sub`.
+Backends get two kinds of `service` token: a long-lived one bound to their server (`srv`
+claim), returned at registration, and a short-lived callback token bound to one attempt (`srv`,
+`tid`, `att`). Every claim that reaches a query or a row is checked to be storable.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import jwt
 
 from taskyard import errors
+from taskyard.jsonsafe import storable_text
 
 ALGORITHMS = ["HS256"]  # never "none": pyjwt refuses algorithms not listed here
 ADMIN, USER, SERVICE = "admin", "user", "service"
@@ -70,29 +73,65 @@ def verify(secret: str, token: str) -> Principal:
 def _verify(secret: str, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
-            token, secret, algorithms=ALGORITHMS, options={"require": ["exp"]}, leeway=5
+            token, secret, algorithms=ALGORITHMS, options={"require": ["exp", "sub"]}, leeway=5
         )
     except jwt.ExpiredSignatureError as exc:
         raise errors.Unauthorized("Token expired") from exc
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, ArithmeticError, ValueError, TypeError) as exc:
+        # PyJWTError says what is wrong with the token; the others are claims too absurd
+        # for PyJWT's own arithmetic (say `exp: 1e400` in an older release).
         raise errors.Unauthorized("Invalid token") from exc
+    return _principal(claims), float(claims["exp"])
+
+
+# Claims are the token issuer's input, and `sub`, `srv` and `tid` end up in queries and rows:
+# each must be what a column can hold, or the token is refused.
+MAX_SUB_LENGTH = 256
+MAX_ID_LENGTH = 128
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: any later `exp`, `iat`, `nbf` is absurd
+MAX_ATTEMPT = 1_000_000
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
     roles = claims.get("roles")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise errors.Unauthorized("Invalid token: `roles` must be an array of strings")
-    sub = claims.get("sub")
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and not _is_timestamp(value):
+            raise errors.Unauthorized(f"Invalid token: `{name}` is not a time before year 10000")
     attempt = claims.get("att")
-    principal = Principal(
-        sub=sub if isinstance(sub, str) else "",
+    if attempt is not None and not (
+        isinstance(attempt, int) and not isinstance(attempt, bool) and 0 <= attempt <= MAX_ATTEMPT
+    ):
+        raise errors.Unauthorized("Invalid token: `att` must be an attempt number")
+    return Principal(
+        sub=_text_claim(claims, "sub", MAX_SUB_LENGTH),
         roles=frozenset(roles),
-        server_id=_str_or_none(claims.get("srv")),
-        task_id=_str_or_none(claims.get("tid")),
-        attempt=attempt if isinstance(attempt, int) else None,
+        server_id=_optional_text_claim(claims, "srv", MAX_ID_LENGTH),
+        task_id=_optional_text_claim(claims, "tid", MAX_ID_LENGTH),
+        attempt=attempt,
     )
-    return principal, float(claims["exp"])
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _is_timestamp(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and 0 <= value <= MAX_TIMESTAMP
+
+
+def _text_claim(claims: dict[str, Any], name: str, max_length: int) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or not storable_text(value):
+        raise errors.Unauthorized(
+            f"Invalid token: `{name}` must be a non-empty string of at most {max_length}"
+            " characters, without NUL"
+        )
+    return value
+
+
+def _optional_text_claim(claims: dict[str, Any], name: str, max_length: int) -> str | None:
+    return _text_claim(claims, name, max_length) if name in claims else None
 
 
 class TokenVerifier:

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     chores_interval_s: float = Field(5.0, gt=0)
     node_timeout_s: float = Field(30.0, gt=0)  # a coordinator unseen this long is dead
 
+    # Seed compatibility: backends written for the seed sign their own `service` token with the
+    # shared secret, bound to no server, and name the server in `metadata.server_id` of a PUT.
+    # Such a token can report for any running task, so production refuses it unless this is
+    # set; development allows it (unset = allowed in development only).
+    allow_unbound_service_tokens: bool | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.health_interval_max_s < self.health_interval_min_s:
@@ -75,6 +81,12 @@ class Settings(BaseSettings):
                 " (generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self
+
+    @property
+    def unbound_service_tokens_allowed(self) -> bool:
+        if self.allow_unbound_service_tokens is None:
+            return self.env == "development"
+        return self.allow_unbound_service_tokens
 
     @property
     def callback_base_url(self) -> str:

@@ -1,8 +1,19 @@
-"""Limits on JSON that taskyard stores: requests from clients and results from backends."""
+"""Limits on JSON and text that taskyard stores: requests from clients, results from backends,
+claims of tokens.
+
+The stores take less than Python's parsers give: orjson (storage, responses, dispatch) writes
+64-bit integers and finite numbers only, and PostgreSQL's text columns refuse NUL characters and
+strings that are not valid UTF-8. A value that breaks one of these rules is bad input, refused
+with a message saying where, never stored changed (`NaN` as `null`) or failed on as a 500.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+INT_MIN = -(2**63)  # orjson writes signed 64-bit integers...
+INT_MAX = 2**64 - 1  # ...and unsigned ones
 
 
 def depth_over(value: Any, limit: int) -> bool:
@@ -21,3 +32,53 @@ def depth_over(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def unstorable_number(value: Any) -> str | None:
+    """Where `value` holds a number that JSON storage would change or refuse, and why; else None.
+
+    The place is a dotted path (`x`, `items.3.score`). Python's `json` reads `NaN`, `Infinity`
+    and `1e400` (as infinity); orjson would write them as `null`. Integers beyond 64 bits it
+    cannot write at all. A whole number is judged by its value, not by how it was written:
+    `1e30` is refused like `10**30`, so the rule is one JSON Schema can state (the OpenAPI
+    document's `JsonValue`), where 1e30 is an integer.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, _join(path, str(key))) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, _join(path, str(i))) for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return (
+                f"{path or 'value'}: {item!r} is not a JSON number"
+                " (NaN, Infinity and numbers beyond ±1.8e308 are refused)"
+            )
+        elif _whole_beyond_64_bits(item):
+            return f"{path or 'value'}: whole number beyond the 64-bit integer range"
+    return None
+
+
+def _whole_beyond_64_bits(item: Any) -> bool:
+    if isinstance(item, bool) or not isinstance(item, int | float):
+        return False
+    if isinstance(item, float) and not item.is_integer():
+        return False
+    return not INT_MIN <= item <= INT_MAX
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def storable_text(value: str) -> bool:
+    """Whether `value` fits a text column of every store: no NUL, valid UTF-8 (no lone
+    surrogates, which Python's `json` lets through from `\\udXXX` escapes)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -460,3 +460,51 @@ def test_registration_token_works_for_own_heartbeat(
     assert after["lastHeartbeat"] == body["lastHeartbeat"]
     assert datetime.fromisoformat(body["lastHeartbeat"]) >= sent_at
     assert before["lastHeartbeat"] is None or after["lastHeartbeat"] >= before["lastHeartbeat"]
+
+
+def test_unbound_service_token_cannot_heartbeat(yard: Taskyard, registered: dict[str, Any]) -> None:
+    """A service token bound to no server may not keep b1 looking alive, even in development
+    (before, any unbound service token could heartbeat any server)."""
+    before = yard.server(BACKEND_ID)
+    assert before is not None
+    response = httpx.post(
+        f"{yard.url}/api/servers/{BACKEND_ID}/heartbeat",
+        json={},
+        headers=bearer(token(["service"], "seed-backend")),
+    )
+    assert response.status_code == 403, response.text
+    after = yard.server(BACKEND_ID)
+    assert after is not None
+    assert after["lastHeartbeat"] == before["lastHeartbeat"]
+
+
+# ---- unbound service tokens in production ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allow", "expected"),
+    [(None, 403), ("false", 403), ("true", 200)],
+    ids=["production-default", "production-refused", "production-allowed"],
+)
+def test_production_refuses_unbound_service_tokens_unless_allowed(
+    taskyard_factory: Callable[..., Taskyard],
+    mock_factory: Callable[..., MockBackend],
+    allow: str | None,
+    expected: int,
+) -> None:
+    """In production a seed-style service token (no `srv`) cannot report for the server its
+    body names, unless TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS=true; the task stays as it was.
+    Development keeps allowing it (test_seed_service_token_naming_holder_is_accepted)."""
+    settings = {"env": "production"} | ({"allow_unbound_service_tokens": allow} if allow else {})
+    node = taskyard_factory(**settings)
+    backend = mock_factory(BACKEND_ID, "--async", "--delay-ms", SLOW_MS)
+    node.register_online(backend, max_concurrency=4, **{"async": True})
+    task_id, _ = processing_task(node)
+    before = state(node, task_id)
+    response = put(node, task_id, token(["service"], "seed-backend"), report(server_id=BACKEND_ID))
+    assert response.status_code == expected, response.text
+    if expected == 403:
+        assert "TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS" in response.json()["error"]
+        assert state(node, task_id) == before
+    else:
+        assert node.task(task_id)["status"] == "FINISHED"

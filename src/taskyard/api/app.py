@@ -15,6 +15,7 @@ from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import nodes, probes, servers, tasks
+from taskyard.api.schemas import JSON_VALUE_SCHEMA
 from taskyard.auth import TokenVerifier
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
@@ -62,6 +63,7 @@ def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
         result_retention_s=settings.result_retention_s,
         chores_interval_s=settings.chores_interval_s,
         node_timeout_s=settings.node_timeout_s,
+        allow_unbound_service_tokens=settings.unbound_service_tokens_allowed,
     )
 
 
@@ -111,12 +113,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    _openapi_without_422(app)
+    _openapi_as_served(app)
     return app
 
 
-def _openapi_without_422(app: FastAPI) -> None:
-    """Drop FastAPI's generated 422 responses: taskyard answers invalid input with 400."""
+def _openapi_as_served(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the server does: drop FastAPI's generated 422
+    responses (taskyard answers invalid input with 400) and add the `JsonValue` schema that
+    the free-form JSON fields refer to."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -125,9 +129,10 @@ def _openapi_without_422(app: FastAPI) -> None:
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)
-            schemas = schema.get("components", {}).get("schemas", {})
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)
+            schemas["JsonValue"] = JSON_VALUE_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 from taskyard import errors
 from taskyard.api.responses import JsonResponse
@@ -61,8 +62,13 @@ def install(app: FastAPI) -> None:
         return error_response(400, message, details)
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException) -> JsonResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: HTTPException) -> JsonResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # RFC 9110 §15.5.6: list every method of the path. Starlette names only those of
+            # the first route on it, and taskyard serves most paths with one route a method.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JsonResponse:
@@ -73,6 +79,16 @@ def install(app: FastAPI) -> None:
         request_id = getattr(request.state, "request_id", None)
         headers = {REQUEST_ID: request_id} if isinstance(request_id, str) else None
         return error_response(500, "Internal server error", headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 def documented(**descriptions: str) -> dict[int | str, dict[str, Any]]:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
+from pydantic.types import Strict
 
-from taskyard.jsonsafe import depth_over
+from taskyard.jsonsafe import INT_MAX, INT_MIN, depth_over, storable_text, unstorable_number
 
 MAX_ID_LENGTH = 128
 MAX_URL_LENGTH = 2048
@@ -19,7 +29,49 @@ _ID_RE = re.compile(ID_PATTERN)
 ReportStatus = Literal["WAITING", "PROCESSING", "FINISHED", "FAILED"]
 
 
+def _storable_text(value: str) -> str:
+    if not storable_text(value):
+        raise ValueError("must not contain NUL characters or invalid UTF-8")
+    return value
+
+
+def _whole_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema has it: 5 and 5.0, but not true or "5" (which lax pydantic takes).
+Integer = Annotated[int, BeforeValidator(_whole_float_as_int), Strict()]
+
+# A string that lands in a text column (model, names, ids, messages): PostgreSQL refuses NUL.
+Text = Annotated[
+    str, AfterValidator(_storable_text), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})
+]
+
+# What JSON values taskyard stores and forwards as they are (a task's fields, a result, extra
+# registration fields): any JSON but integers beyond 64 bits, non-finite numbers and nesting
+# deeper than MAX_JSON_DEPTH (which a schema cannot say). Published as a component of the
+# OpenAPI document by `api.app`.
+JSON_VALUE_REF: JsonDict = {"$ref": "#/components/schemas/JsonValue"}
+JSON_VALUE_SCHEMA: JsonDict = {
+    "description": "Any JSON value; integers must fit 64 bits, numbers must be finite, and"
+    " objects and arrays nest at most 64 levels.",
+    "anyOf": [
+        {"type": "object", "additionalProperties": JSON_VALUE_REF},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {"type": "string"},
+        {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "boolean"},
+        {"type": "null"},
+    ],
+}
+_EXTRA_JSON: JsonDict = {"additionalProperties": JSON_VALUE_REF}
+# A field's own schema cannot be a bare `$ref` to a component pydantic does not know.
+_JSON_FIELD: JsonDict = {"allOf": [JSON_VALUE_REF]}
+
+
 MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a request body
+MAX_NUMBER = 1e15  # bound of the numeric fields of a report
 
 
 class JsonIn(BaseModel):
@@ -35,6 +87,9 @@ class JsonIn(BaseModel):
     def _storable(cls, data: Any) -> Any:
         if depth_over(data, MAX_JSON_DEPTH):
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        problem = unstorable_number(data)
+        if problem is not None:
+            raise ValueError(problem)
         try:
             orjson.dumps(data)
         except orjson.JSONEncodeError as exc:
@@ -56,17 +111,18 @@ class TaskCreate(JsonIn):
     model_config = ConfigDict(
         extra="allow",
         json_schema_extra={
+            **_EXTRA_JSON,
             "example": {
                 "model": "video-upscaler",
                 "mimeType": "video/mp4",
                 "video_quality": "1080p",
                 "video_url": "https://example.com/in.mp4",
                 "enable_upscale": True,
-            }
+            },
         },
     )
 
-    model: str = Field(min_length=1, max_length=256)
+    model: Text = Field(min_length=1, max_length=256)
 
 
 class AttemptOut(BaseModel):
@@ -105,29 +161,59 @@ class TaskOut(BaseModel):
 
 
 class ResultMetadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_EXTRA_JSON)
 
-    server_id: str | None = Field(None, max_length=MAX_ID_LENGTH)
+    server_id: Text | None = Field(None, max_length=MAX_ID_LENGTH)
     status: ReportStatus
-    progress: float | None = Field(None, ge=0)
-    processing_time: float | None = None
-    model_time: float | None = None
-    queue_time: float | None = None
-    message: str | None = Field(None, max_length=10_000)
-    custom_data: Any = None
+    # Bounded so that every value the schema allows is one `JsonIn` stores (whole numbers must
+    # fit 64 bits); no progress or duration comes near.
+    progress: float | None = Field(None, ge=0, le=MAX_NUMBER)
+    processing_time: float | None = Field(None, ge=-MAX_NUMBER, le=MAX_NUMBER)
+    model_time: float | None = Field(None, ge=-MAX_NUMBER, le=MAX_NUMBER)
+    queue_time: float | None = Field(None, ge=-MAX_NUMBER, le=MAX_NUMBER)
+    message: Text | None = Field(None, max_length=10_000)
+    custom_data: Any = Field(None, json_schema_extra=_JSON_FIELD)
 
 
 class TaskResultIn(JsonIn):
     """The seed's TaskResult: what a backend PUTs (or returns from a synchronous predict)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_EXTRA_JSON)
 
     backend_task_id: str | None = Field(None, max_length=256)
-    data: Any = None
+    data: Any = Field(None, json_schema_extra=_JSON_FIELD)
     metadata: ResultMetadata
 
 
 # ---- servers ----------------------------------------------------------------------------
+
+
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(  # the forms of RFC 4291 §2.2 (1) and (2), which `ipaddress` reads
+    [
+        f"({_H16}:){{7}}{_H16}",
+        f"({_H16}:){{1,7}}:",
+        f"({_H16}:){{1,6}}:{_H16}",
+        *(f"({_H16}:){{1,{6 - n}}}(:{_H16}){{1,{n + 1}}}" for n in range(1, 6)),
+        f":((:{_H16}){{1,7}}|:)",
+    ]
+)
+_PORT = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
+# RFC 3986 characters of a path, and of a query or fragment (which may hold `?` too). Each
+# part has its own set, so the pattern has one way to match and takes linear time.
+_PATH_CHARS = r"(%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@/-])*"
+_QUERY_CHARS = r"(%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@/?-])*"
+# An absolute http(s) URL as taskyard takes it: an RFC 3986 URI (ASCII, no spaces, % only as
+# an escape) with an optional user, a host name, IPv4 or bracketed IPv6 address, and an
+# optional port that fits 16 bits. It is published in the OpenAPI document and enforced by
+# `_check_url`, so the two cannot disagree.
+URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://((%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:-])*@)?"
+    rf"((%[0-9A-Fa-f]{{2}}|[A-Za-z0-9._~!$&'()*+,;=-])+|\[({_IPV6})\])"
+    rf"(:({_PORT})?)?"
+    rf"(/{_PATH_CHARS})?(\?{_QUERY_CHARS})?(#{_QUERY_CHARS})?$"
+)
+_URL_RE = re.compile(URL_PATTERN)
 
 
 def _check_url(value: str | None) -> str | None:
@@ -135,39 +221,50 @@ def _check_url(value: str | None) -> str | None:
         return None
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    _ = parts.port  # raises ValueError for a port out of range or not a number
+    if not _URL_RE.match(value):
+        raise ValueError(
+            "must be an absolute http(s) URL: a host name, IPv4 or [IPv6] address, an optional"
+            " port up to 65535, and no spaces or control characters"
+        )
+    urlsplit(value)  # the same parse aiohttp makes; raises ValueError on what it cannot read
     return value
 
 
+Url = Annotated[
+    str,
+    Field(
+        json_schema_extra={"format": "uri", "pattern": URL_PATTERN, "maxLength": MAX_URL_LENGTH},
+        description="an absolute http(s) URL",
+    ),
+]
+
+
 class Endpoints(BaseModel):
-    predict: str
-    health: str | None = None
+    # Other endpoints are ignored, but checked like any stored JSON (`JsonIn` walks them).
+    model_config = ConfigDict(strict=True, json_schema_extra=_EXTRA_JSON)
+
+    predict: Url
+    health: Url | None = None
 
     _urls = field_validator("predict", "health")(_check_url)
 
 
 class ServerRegister(JsonIn):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, strict=True, json_schema_extra=_EXTRA_JSON
+    )
 
     id: str = Field(pattern=ID_PATTERN, description="letters, digits and . _ : @ -; max 128")
     endpoints: Endpoints
-    provider: str = Field("", max_length=256)
-    name: str = Field("", max_length=256)
+    provider: Text = Field("", max_length=256)
+    name: Text = Field("", max_length=256)
     is_async: bool = Field(False, alias="async")
     callback: bool = False
-    max_concurrency: int = Field(1, ge=1, le=100_000)
-    models: list[str] = Field(default_factory=list, max_length=1000)
+    max_concurrency: Integer = Field(1, ge=1, le=100_000)
+    models: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=1000
+    )
     weight: float = Field(1.0, gt=0, le=1_000_000)
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, value: list[str]) -> list[str]:
-        if any(not m or len(m) > 256 for m in value):
-            raise ValueError("each model must be a non-empty string of at most 256 characters")
-        return value
 
 
 class RegisterOut(BaseModel):
@@ -225,7 +322,7 @@ class NodesOut(BaseModel):
 
 
 class HeartbeatIn(JsonIn):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_EXTRA_JSON)
 
 
 class HeartbeatOut(BaseModel):
@@ -235,6 +332,8 @@ class HeartbeatOut(BaseModel):
 
 
 class CleanupIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # `true` is not a number of minutes
+
     maxAgeMins: float = Field(5.0, gt=0, le=525_600)
 
 

@@ -65,6 +65,9 @@ class CoordinatorConfig:
     result_retention_s: float = 7 * 24 * 3600.0
     chores_interval_s: float = 5.0
     node_timeout_s: float = 30.0
+    # A seed-style `service` token (no server binding) may report for the server named in the
+    # report's metadata.server_id: any running task. Off unless the operator allows it.
+    allow_unbound_service_tokens: bool = False
 
 
 class Coordinator:
@@ -205,7 +208,9 @@ class Coordinator:
         task = await self.store.get_task(task_id)
         if task is None:
             raise errors.TaskNotFound(task_id)
-        expect_server, expect_attempt = _reporter_claim(principal, task_id, report)
+        expect_server, expect_attempt = _reporter_claim(
+            principal, task_id, report, allow_unbound=self.config.allow_unbound_service_tokens
+        )
         if task.status.is_final:
             raise errors.TaskFinal(f"Task {task_id} is already {task.status}; report ignored")
         if not principal.is_admin:
@@ -258,7 +263,8 @@ class Coordinator:
     async def heartbeat(
         self, server_id: str, *, principal: auth.Principal, load: JSON | None
     ) -> Server:
-        if not principal.is_admin and principal.server_id not in (None, server_id):
+        if not principal.is_admin and principal.server_id != server_id:
+            # Only the server's own token: an unbound one could keep any server looking alive.
             raise errors.Forbidden(f"This token may not send heartbeats for {server_id}")
         server = await self.get_server(server_id)
         values = registry.heartbeat_values(server, now=now_ms(), load=load)
@@ -321,7 +327,7 @@ def _may_read(principal: auth.Principal, task: Task) -> bool:
 
 
 def _reporter_claim(
-    principal: auth.Principal, task_id: str, report: Report
+    principal: auth.Principal, task_id: str, report: Report, *, allow_unbound: bool
 ) -> tuple[str | None, int | None]:
     """Which server (and attempt) this caller speaks for; raise if it may not report at all."""
     if principal.is_admin:
@@ -334,7 +340,13 @@ def _reporter_claim(
         return principal.server_id, principal.attempt
     if principal.server_id is not None:  # a server token from registration
         return principal.server_id, None
-    if not report.server_id:  # a seed-style service token: the body names the server
+    # A seed-style service token: the body names the server.
+    if not allow_unbound:
+        raise errors.Forbidden(
+            "Service tokens bound to no server are refused; use the token from registration"
+            " or the callback token (TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS=true allows them)"
+        )
+    if not report.server_id:
         raise errors.Forbidden("A service token without a server needs metadata.server_id")
     return report.server_id, None
 

@@ -34,6 +34,7 @@ from taskyard.domain.models import (
     Task,
     TaskStatus,
 )
+from taskyard.jsonsafe import storable_text
 from taskyard.storage.base import ClaimPlan, TaskUpdate
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import (
@@ -80,6 +81,9 @@ class SqlStore:
         await self.writes.run(lambda conn: conn.execute(insert(tasks), row))
 
     async def get_task(self, task_id: str) -> Task | None:
+        if not storable_text(task_id):
+            return None  # no stored id has a NUL in it; PostgreSQL would refuse the query
+
         def op(conn: Connection) -> Task | None:
             row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
             return _task_from_row(row) if row else None
