@@ -43,12 +43,19 @@ def _click_type(annotation: Any) -> Any:
     return {bool: bool, int: int, float: float}.get(annotation, str)
 
 
+# Defaults that depend on TASKYARD_ENV, said in words.
+_SHOWN_DEFAULTS = {
+    "jwt_secret": "(generated in development)",
+    "allow_unbound_service_tokens": "true in development, false in production",
+}
+
+
 def settings_options(func: Any) -> Any:
     """One `--flag` per Settings field, documented with its environment variable."""
     for name, field in reversed(list(Settings.model_fields.items())):
         flag = "--" + name.replace("_", "-")
         env = f"TASKYARD_{name.upper()}"
-        shown = "(generated in development)" if name == "jwt_secret" else field.default
+        shown = _SHOWN_DEFAULTS.get(name, field.default)
         help_text = f"[env: {env}; default: {shown}]"
         func = click.option(flag, name, type=_click_type(field.annotation), help=help_text)(func)
     return func
