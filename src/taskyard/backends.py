@@ -3,11 +3,16 @@
 aiohttp rather than httpx here: with hundreds of concurrent requests it was about ten times
 faster on this machine. Backend answers are untrusted: their size is capped and their JSON
 checked before the domain sees them.
+
+A body is read in a loop until it ends, however it arrives (Content-Length or chunked, in one
+write or many slow ones); one `read(n)` returns only what is already buffered. Reading stops as
+soon as more than the cap has arrived, so an endless answer costs at most the cap in memory.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -21,6 +26,16 @@ ERROR_TEXT_LIMIT = 500  # characters of a backend's error body kept in the task'
 # not write would leave the task stuck until its deadline.
 MAX_RESULT_DEPTH = 128
 NODE_HEADER = "X-Taskyard-Node"
+CAP_SETTING = "TASKYARD_MAX_BACKEND_RESPONSE_BYTES"  # named in errors, so operators know the knob
+READ_CHUNK = 65_536  # bytes asked of the stream per read
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What was read of an answer's body."""
+
+    data: bytes  # all of it, or its first `limit` bytes when `over` (empty when not kept)
+    over: bool  # longer than `limit`: the rest was not read, and the connection is not reused
 
 
 class AiohttpBackendClient:
@@ -59,18 +74,30 @@ class AiohttpBackendClient:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
-                raw = await self._read_capped(resp)
-                return _classify(resp.status, raw)
+                return await self._predict_reply(resp)
         except TimeoutError:
             return PredictReply(ReplyKind.TIMEOUT, error=f"no answer within {timeout_s:g} s")
-        except _ResponseTooLarge as exc:
-            return PredictReply(ReplyKind.RETRYABLE, error=str(exc))
         except aiohttp.ClientConnectorError as exc:
             return PredictReply(
                 ReplyKind.RETRYABLE, error=f"connect failed: {exc.os_error}", connect_failed=True
             )
         except (aiohttp.ClientError, OSError) as exc:
             return PredictReply(ReplyKind.RETRYABLE, error=f"{type(exc).__name__}: {exc}")
+
+    async def _predict_reply(self, resp: aiohttp.ClientResponse) -> PredictReply:
+        if not _is_success(resp.status):
+            # Only the beginning of an error body is kept, so only that much is read, whatever
+            # its Content-Length says.
+            error_text = await read_body(resp.content, ERROR_TEXT_LIMIT)
+            return _classify(resp.status, error_text.data)
+        body = await _read(resp, self._max_response_bytes)
+        if body.over:
+            # Not read further: leaving the `async with` closes the connection (aiohttp reuses
+            # only connections whose body was read to the end).
+            return PredictReply(
+                ReplyKind.TOO_LARGE, status=resp.status, error=self._too_large("backend answer")
+            )
+        return _classify(resp.status, body.data)
 
     async def health(self, url: str, *, timeout_s: float) -> HealthReply:
         try:
@@ -80,48 +107,122 @@ class AiohttpBackendClient:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
-                await resp.content.read(ERROR_TEXT_LIMIT)
-                if 200 <= resp.status < 300:
-                    return HealthReply(healthy=True, network_error=False)
-                return HealthReply(False, network_error=False, detail=f"health HTTP {resp.status}")
+                # Read to the end (within the timeout) so the connection can be reused; the
+                # content is not used, so none of it is kept.
+                body = await _read(resp, self._max_response_bytes, keep=False)
+                if not _is_success(resp.status):
+                    return HealthReply(
+                        False, network_error=False, detail=f"health HTTP {resp.status}"
+                    )
+                if body.over:
+                    return HealthReply(
+                        False, network_error=False, detail=self._too_large("health answer")
+                    )
+                return HealthReply(healthy=True, network_error=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = f"health check: {type(exc).__name__}: {exc}".rstrip(": ")
             return HealthReply(healthy=False, network_error=True, detail=detail)
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        raw = await resp.content.read(self._max_response_bytes + 1)
-        if len(raw) > self._max_response_bytes:
-            raise _ResponseTooLarge(f"backend answer larger than {self._max_response_bytes} bytes")
-        return raw
+    def _too_large(self, what: str) -> str:
+        return f"{what} larger than the {self._max_response_bytes}-byte cap ({CAP_SETTING})"
 
 
-class _ResponseTooLarge(Exception):
-    pass
+class ByteStream(Protocol):
+    """What `read_body` needs of a body: `aiohttp.StreamReader.read`."""
+
+    async def read(self, n: int = -1, /) -> bytes: ...
+
+
+async def read_body(
+    stream: ByteStream, limit: int, *, declared: int | None = None, keep: bool = True
+) -> Body:
+    """Read a body to its end, or until more than `limit` bytes have come.
+
+    At most `limit + 1` bytes are read, and none when the `declared` Content-Length is already
+    over. With `keep=False` the bytes are counted and dropped (a body read only to drain it).
+    """
+    if declared is not None and declared > limit:
+        return Body(b"", over=True)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(min(READ_CHUNK, limit + 1 - size))
+        if not chunk:  # the end of the body
+            return Body(b"".join(chunks), over=False)
+        size += len(chunk)
+        if keep:
+            chunks.append(chunk)
+    return Body(b"".join(chunks)[:limit], over=True)
+
+
+async def _read(resp: aiohttp.ClientResponse, limit: int, *, keep: bool = True) -> Body:
+    """The whole body of `resp`, up to `limit`."""
+    return await read_body(resp.content, limit, declared=resp.content_length, keep=keep)
+
+
+def _is_success(status: int) -> bool:
+    return 200 <= status < 300
 
 
 def _classify(status: int, raw: bytes) -> PredictReply:
     if status == 202:
-        body = _json_object(raw)
-        return PredictReply(ReplyKind.ACCEPTED, status=status, body=body)
-    if 200 <= status < 300:
-        body = _json_object(raw)
-        if body is None:
+        return PredictReply(ReplyKind.ACCEPTED, status=status, body=_json_object_or_none(raw))
+    if _is_success(status):
+        try:
+            result = _json_object(raw)
+        except _UnusableResult as exc:
             return PredictReply(
                 ReplyKind.RETRYABLE,
                 status=status,
-                error=f"backend answered 200 without a JSON object (max depth {MAX_RESULT_DEPTH})",
+                error=f"backend answered {status} without a usable result: {exc}",
             )
-        return PredictReply(ReplyKind.OK, status=status, body=body)
+        return PredictReply(ReplyKind.OK, status=status, body=result)
     text = raw[:ERROR_TEXT_LIMIT].decode(errors="replace")
     kind = ReplyKind.RETRYABLE if is_retryable_status(status) else ReplyKind.REJECTED
     return PredictReply(kind, status=status, error=f"HTTP {status}: {text}")
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+class _UnusableResult(ValueError):
+    """A 2xx body that is not a JSON object a task can store; the message says why."""
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise _UnusableResult("empty body")
     try:
-        value = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(value, dict) or depth_over(value, MAX_RESULT_DEPTH):
-        return None
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _UnusableResult(f"invalid JSON: {exc}{_non_json_number_hint(exc)}") from None
+    if not isinstance(value, dict):
+        raise _UnusableResult(f"not a JSON object but {_json_type(value)}")
+    if depth_over(value, MAX_RESULT_DEPTH):
+        raise _UnusableResult(f"nested deeper than {MAX_RESULT_DEPTH} levels")
     return value
+
+
+def _json_object_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        return _json_object(raw)
+    except _UnusableResult:
+        return None  # a 202's body is informative only: the result comes by callback
+
+
+def _non_json_number_hint(exc: orjson.JSONDecodeError) -> str:
+    # orjson refuses NaN and Infinity, as it should: a stored result must stay valid JSON and
+    # must not be silently changed. But it only says "unexpected character", so say what it was.
+    # (1e400 it names itself: "number is infinity when parsed as double".)
+    if exc.doc.startswith(("NaN", "Infinity"), exc.pos):
+        return " (NaN and Infinity are not JSON numbers)"
+    return ""
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"

@@ -111,7 +111,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(nodes.router)
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        result_max_bytes=settings.max_backend_response_bytes,
+    )
     app.add_middleware(RequestId)
     _openapi_as_served(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
+from typing import NamedTuple
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -46,19 +47,31 @@ class RequestId:
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length says so."""
+    """Refuse request bodies over the limit with 413, whether or not Content-Length says so.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    The limit is `max_bytes`, except for `PUT /api/task/{id}`: a backend reporting a result by
+    callback may send as much as a synchronous answer may hold, `result_max_bytes`.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, result_max_bytes: int | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = _Limit(max_bytes, "TASKYARD_MAX_BODY_BYTES")
+        self.result_limit = (
+            self.limit
+            if result_max_bytes is None
+            else _Limit(result_max_bytes, "TASKYARD_MAX_BACKEND_RESPONSE_BYTES")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.result_limit if _is_result_report(scope) else self.limit
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send)
+        if length is not None and (not length.isdigit() or int(length) > limit.max_bytes):
+            await _too_large(send, limit)
             return
         seen = 0
         started = False
@@ -68,8 +81,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+                if seen > limit.max_bytes:
+                    raise _TooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -81,21 +94,40 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._too_large(send)
+                await _too_large(send, limit)
 
-    async def _too_large(self, send: Send) -> None:
-        body = orjson.dumps({"error": _TooLarge(self.max_bytes).detail})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+class _Limit(NamedTuple):
+    max_bytes: int
+    setting: str  # named in the 413, so whoever hits it knows which knob to turn
+
+
+_TASK_PREFIX = "/api/task/"
+
+
+def _is_result_report(scope: Scope) -> bool:
+    """`PUT /api/task/{id}` (and only that: not `/api/task/{id}/cancel`, not other methods)."""
+    path: str = scope["path"]
+    return (
+        scope["method"] == "PUT"
+        and path.startswith(_TASK_PREFIX)
+        and "/" not in path[len(_TASK_PREFIX) :]
+    )
+
+
+async def _too_large(send: Send, limit: _Limit) -> None:
+    body = orjson.dumps({"error": _TooLarge(limit).detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(HTTPException):
@@ -105,8 +137,10 @@ class _TooLarge(HTTPException):
     "400 There was an error parsing the body"; this one it lets through to the error handlers.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"Request body larger than {max_bytes} bytes")
+    def __init__(self, limit: _Limit) -> None:
+        super().__init__(
+            413, f"Request body larger than the {limit.max_bytes}-byte limit ({limit.setting})"
+        )
 
 
 class JsonBodies:

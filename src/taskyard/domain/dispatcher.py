@@ -178,6 +178,10 @@ class Dispatcher(Wakeable):
         elif reply.kind is ReplyKind.REJECTED:
             error = f"rejected by {server.id}: {reply.error}"
             update, _ = lifecycle.fail(task, error=error, code=ErrorCode.BACKEND_REJECTED, now=now)
+        elif reply.kind is ReplyKind.TOO_LARGE:
+            error = f"{server.id}: {reply.error}"
+            code = ErrorCode.RESPONSE_TOO_LARGE
+            update, _ = lifecycle.fail(task, error=error, code=code, now=now)
         else:
             code = ErrorCode.TIMEOUT if reply.kind is ReplyKind.TIMEOUT else ErrorCode.BACKEND_ERROR
             update, _ = self._retry(task, error=f"{server.id}: {reply.error}", code=code, now=now)
@@ -199,7 +203,7 @@ class Dispatcher(Wakeable):
 
     async def _passive_health(self, server: Server, reply: PredictReply) -> None:
         """A failing predict counts against the server before its next scheduled check."""
-        if reply.kind in (ReplyKind.OK, ReplyKind.ACCEPTED, ReplyKind.REJECTED):
+        if reply.kind in _SERVER_ANSWERED:
             if server.dispatch_failures:
                 await self.store.update_server(server.id, {"dispatch_failures": 0})
             return
@@ -232,6 +236,12 @@ class Dispatcher(Wakeable):
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
         if updates:
             await self.apply(updates)
+
+
+# Replies that show the server up and working, whatever they mean for the task.
+_SERVER_ANSWERED = frozenset(
+    {ReplyKind.OK, ReplyKind.ACCEPTED, ReplyKind.REJECTED, ReplyKind.TOO_LARGE}
+)
 
 
 class _Claim:

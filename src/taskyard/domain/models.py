@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "backend_error"  # 5xx, 429, connect error: retryable
     BACKEND_REJECTED = "backend_rejected"  # 4xx: the backend refused the task, not retried
     BACKEND_FAILED = "backend_failed"  # the backend reported FAILED
+    RESPONSE_TOO_LARGE = "response_too_large"  # the result was over the size cap, not retried
     NO_CAPACITY_DEADLINE = "no_capacity_deadline"  # still WAITING at its queue deadline
     SERVER_REMOVED = "server_removed"  # its server was deleted mid-attempt
     NODE_LOST = "node_lost"  # the coordinator that sent it died before an answer

@@ -17,8 +17,11 @@ class ReplyKind(StrEnum):
     OK = "ok"  # 200 with a JSON object: a synchronous result
     ACCEPTED = "accepted"  # 202: the backend will call back
     REJECTED = "rejected"  # a 4xx that retrying elsewhere will not fix
-    RETRYABLE = "retryable"  # connect error, 5xx, 408/409/429, an unreadable answer
+    RETRYABLE = "retryable"  # connect error, 5xx, 408/409/429, a 2xx that is not a result
     TIMEOUT = "timeout"  # no answer before the attempt's deadline
+    # A 2xx larger than the response size cap: another server would give the same answer, so
+    # the task fails without a retry, and the server, which did answer, is not counted down.
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)
