@@ -19,7 +19,7 @@ import orjson
 
 from taskyard.domain.dispatch import is_retryable_status
 from taskyard.domain.ports import HealthReply, PredictReply, ReplyKind
-from taskyard.jsonsafe import depth_over
+from taskyard.jsonsafe import depth_over, unstorable_number
 
 ERROR_TEXT_LIMIT = 500  # characters of a backend's error body kept in the task's record
 # Deeper results are refused: the store's JSON writer stops at 254 levels, and a result it could
@@ -177,9 +177,14 @@ def _classify(status: int, raw: bytes) -> PredictReply:
                 error=f"backend answered {status} without a usable result: {exc}",
             )
         return PredictReply(ReplyKind.OK, status=status, body=result)
-    text = raw[:ERROR_TEXT_LIMIT].decode(errors="replace")
+    text = _storable(raw[:ERROR_TEXT_LIMIT].decode(errors="replace"))
     kind = ReplyKind.RETRYABLE if is_retryable_status(status) else ReplyKind.REJECTED
     return PredictReply(kind, status=status, error=f"HTTP {status}: {text}")
+
+
+def _storable(text: str) -> str:
+    """A backend's text as the task's `error` column can hold it (PostgreSQL refuses NUL)."""
+    return text.replace("\x00", "\ufffd")
 
 
 class _UnusableResult(ValueError):
@@ -197,6 +202,11 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise _UnusableResult(f"not a JSON object but {_json_type(value)}")
     if depth_over(value, MAX_RESULT_DEPTH):
         raise _UnusableResult(f"nested deeper than {MAX_RESULT_DEPTH} levels")
+    # orjson reads an integer beyond 64 bits as a float, which would store it changed; the rule
+    # for requests (judge whole numbers by value) refuses it, and 1e30 with it.
+    problem = unstorable_number(value)
+    if problem is not None:
+        raise _UnusableResult(problem)
     return value
 
 

@@ -87,6 +87,30 @@ def test_result_with_a_non_json_number_is_refused_as_invalid(number: str, why: s
     assert "invalid JSON" in reply.error and why in reply.error, reply.error
 
 
+@pytest.mark.parametrize(
+    "number", ["100000000000000000000000", "18446744073709551616", "-1e19", "1e30"]
+)
+def test_result_with_a_whole_number_beyond_64_bits_is_refused(number: str) -> None:
+    """orjson would read 10**23 as the float 1e23: refused instead of stored changed."""
+    reply = _classify(200, b'{"data": {"n": ' + number.encode() + b"}}")
+    assert reply.kind is ReplyKind.RETRYABLE and reply.body is None
+    assert reply.error is not None
+    assert "data.n: whole number beyond the 64-bit integer range" in reply.error, reply.error
+
+
+def test_numbers_within_64_bits_are_kept_exactly() -> None:
+    reply = _classify(200, b'{"n": [18446744073709551615, -9223372036854775808, 0.5, 1e-300]}')
+    assert reply.kind is ReplyKind.OK
+    assert reply.body == {"n": [2**64 - 1, -(2**63), 0.5, 1e-300]}
+
+
+def test_nul_in_an_error_body_does_not_reach_the_record() -> None:
+    """An error body's NUL bytes become U+FFFD: PostgreSQL's text columns refuse NUL, and a
+    refused write would fail the group commit it shares with other tasks."""
+    reply = _classify(500, b"bad\x00gateway\xff")
+    assert reply.error == "HTTP 500: bad\ufffdgateway\ufffd"
+
+
 # ---- reading a body --------------------------------------------------------------------------
 
 
