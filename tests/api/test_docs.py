@@ -189,3 +189,51 @@ def test_no_422_is_documented(spec: dict[str, Any]) -> None:
     for path, method, operation in operations(spec):
         assert "422" not in operation["responses"], f"{method} {path}"
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+# ---- the schema says what the server enforces (issue 7, item 7) -------------------------
+
+
+def test_endpoint_urls_are_declared_as_http_uris(spec: dict[str, Any]) -> None:
+    """`endpoints.predict` and `.health` are URIs with the pattern and length the server checks."""
+    endpoints = spec["components"]["schemas"]["Endpoints"]["properties"]
+    for name in ("predict", "health"):
+        declared = endpoints[name] if name == "predict" else endpoints[name]["anyOf"][0]
+        assert declared["format"] == "uri", declared
+        assert declared["maxLength"] == 2048
+        assert declared["pattern"].startswith("^[Hh][Tt][Tt][Pp][Ss]?://")
+
+
+def test_free_form_json_declares_its_64_bit_integer_limits(spec: dict[str, Any]) -> None:
+    """Task fields, results and extra registration fields are `JsonValue`: integers within
+    64 bits, and no whole number outside them."""
+    schemas = spec["components"]["schemas"]
+    value = schemas["JsonValue"]["anyOf"]
+    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in value
+    assert {"type": "number", "not": {"type": "integer"}} in value
+    ref = {"$ref": "#/components/schemas/JsonValue"}
+    for name in ("TaskCreate", "TaskResultIn", "ServerRegister", "HeartbeatIn"):
+        assert schemas[name]["additionalProperties"] == ref, name
+
+
+def test_maxagemins_true_is_not_a_number(yard: Taskyard) -> None:
+    """`{"maxAgeMins": true}` was read as 1 minute; it is 400 now, as the schema says."""
+    response = yard.admin.post("/api/servers/cleanup", json={"maxAgeMins": True})
+    assert response.status_code == 400, response.text
+    assert "maxAgeMins" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/servers", "GET, POST"),
+        ("/api/servers/s1", "DELETE, GET"),
+        ("/api/task/t1", "GET, PUT"),
+        ("/api/task", "POST"),
+    ],
+)
+def test_405_lists_every_method_of_the_path(yard: Taskyard, path: str, allowed: str) -> None:
+    """A 405 carries `Allow` with every method the path serves, not only its first route's."""
+    response = yard.admin.request("TRACE", path)
+    assert response.status_code == 405, response.text
+    assert response.headers["Allow"] == allowed
