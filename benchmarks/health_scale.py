@@ -50,7 +50,7 @@ from benchmarks.fleet import (
     wait_online,
     wait_ready,
 )
-from benchmarks.run import percentile
+from benchmarks.load import percentile
 
 REGISTER_CONCURRENCY = 16
 
