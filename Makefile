@@ -7,7 +7,7 @@ endif
 export UV_PYTHON_DOWNLOADS := never
 VENV := .venv/bin
 
-.PHONY: serve test lint format typecheck bench bench-scale install clean
+.PHONY: serve test lint format typecheck bench bench-scale bench-backlog install clean
 
 # uv comes from PyPI when the machine lacks it, into a private tools venv.
 .tools/bin/uv:
@@ -43,6 +43,10 @@ bench: .venv/.synced
 # direct, sqlite x1, postgresql x1 and postgresql x2 in one run and one table
 bench-scale: .venv/.synced
 	$(VENV)/python benchmarks/run.py --compare $(ARGS)
+
+# dispatch rate with 1,000 and with 50,000 tasks waiting, on sqlite and postgresql
+bench-backlog: .venv/.synced
+	$(VENV)/python benchmarks/backlog.py $(ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

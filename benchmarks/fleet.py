@@ -297,6 +297,21 @@ async def fresh_postgres_database(server_url: str) -> AsyncIterator[str]:
             raise
 
 
+@asynccontextmanager
+async def fresh_database(kind: str, *, postgres_url: str, sqlite_path: Path) -> AsyncIterator[str]:
+    """A fresh database of `kind`: a SQLite file at `sqlite_path` (which must not exist yet),
+    or a new database on the PostgreSQL server `postgres_url`, dropped at the end."""
+    if kind == "postgresql":
+        async with fresh_postgres_database(postgres_url) as url:
+            yield url
+    elif kind == "sqlite":
+        if sqlite_path.exists():
+            raise FileExistsError(f"{sqlite_path} is not a fresh database")
+        yield f"sqlite:///{sqlite_path}"
+    else:
+        raise ValueError(f"unknown database kind {kind!r}")
+
+
 # ---- servers --------------------------------------------------------------------------------
 
 
@@ -351,6 +366,23 @@ async def wait_online(
             return
         await asyncio.sleep(poll_s)
     raise RuntimeError(f"only {online} of {count} servers online after {timeout_s} s")
+
+
+async def register_backends(
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: dict[str, str],
+    backends: Sequence[Child],
+    *,
+    capacity: int,
+    is_async: bool,
+) -> None:
+    """Register backend i as server `b<i>` through the node at `base`; wait until all are
+    online."""
+    for i, backend in enumerate(backends):
+        body = server_body(f"b{i}", backend.url, capacity=capacity, is_async=is_async)
+        await register(session, base, headers, body)
+    await wait_online(session, base, headers, len(backends))
 
 
 def run_in_workdir(

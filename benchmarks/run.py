@@ -59,16 +59,14 @@ from benchmarks.fleet import (
     Children,
     admin_headers,
     cpu_of,
-    fresh_postgres_database,
+    fresh_database,
     local_postgres_cpu,
     postgres_server_url,
     postgres_unreachable,
-    register,
+    register_backends,
     run_in_workdir,
-    server_body,
     start_coordinator,
     start_mock_backend,
-    wait_online,
     wait_ready,
 )
 from benchmarks.load import (
@@ -260,25 +258,12 @@ async def database_for(
     """The database URL for one row: given, or fresh (and a PostgreSQL one dropped after)."""
     if setup.database_url:
         yield setup.database_url
-    elif setup.database == "postgresql":
-        async with fresh_postgres_database(opts.postgres_url) as url:
-            yield url
-    else:
-        yield f"sqlite:///{workdir / f'taskyard-{index}.db'}"
-
-
-async def register_backends(
-    session: aiohttp.ClientSession,
-    node: Child,
-    backends: Sequence[Child],
-    headers: dict[str, str],
-    opts: Options,
-) -> None:
-    """Register every backend through one node and wait until all are online."""
-    for i, backend in enumerate(backends):
-        body = server_body(f"b{i}", backend.url, capacity=opts.capacity, is_async=opts.is_async)
-        await register(session, node.url, headers, body)
-    await wait_online(session, node.url, headers, len(backends))
+        return
+    sqlite_path = workdir / f"taskyard-{index}.db"
+    async with fresh_database(
+        setup.database, postgres_url=opts.postgres_url, sqlite_path=sqlite_path
+    ) as url:
+        yield url
 
 
 async def taskyard_row(
@@ -313,7 +298,14 @@ async def taskyard_row(
         for node in nodes[1:]:
             await wait_ready(session, node, "/")
         headers = admin_headers()
-        await register_backends(session, nodes[0], backends, headers, opts)
+        await register_backends(
+            session,
+            nodes[0].url,
+            headers,
+            backends,
+            capacity=opts.capacity,
+            is_async=opts.is_async,
+        )
 
         async def through_taskyard(i: int) -> Sample:
             return await taskyard_request(poller, nodes[i % len(nodes)].url, headers, i)

@@ -44,7 +44,7 @@ from taskyard.storage.runners import (
     create_engine,
     open_runner,
 )
-from taskyard.storage.tables import leases, nodes, servers, tasks
+from taskyard.storage.tables import IS_PROCESSING, IS_WAITING, leases, nodes, servers, tasks
 
 __all__ = ["SqlStore", "async_url", "create_engine"]
 
@@ -80,6 +80,13 @@ class SqlStore:
         row = _task_row(task)
         await self.writes.run(lambda conn: conn.execute(insert(tasks), row))
 
+    async def add_tasks(self, batch: Iterable[Task]) -> None:
+        """Insert many tasks in one transaction: a backlog for benchmarks and tests, stored
+        exactly as `add_task` stores each."""
+        rows = [_task_row(task) for task in batch]
+        if rows:
+            await self.writes.run(lambda conn: conn.execute(insert(tasks), rows))
+
     async def get_task(self, task_id: str) -> Task | None:
         if not storable_text(task_id):
             return None  # no stored id has a NUL in it; PostgreSQL would refuse the query
@@ -106,7 +113,7 @@ class SqlStore:
             servers = [_server_from_row(row) for row in conn.execute(_LIST_SERVERS)]
 
             def waiting(limit: int, models: Collection[str] | None) -> list[Task]:
-                query = _waiting_query(now, limit, models).with_for_update(skip_locked=True)
+                query = _claim_query(now, limit, models)
                 return [_task_from_row(row) for row in conn.execute(query)]
 
             return [_apply(conn, update) for update in plan(servers, waiting)]
@@ -122,41 +129,24 @@ class SqlStore:
 
     async def next_due_at(self) -> int | None:
         """When the earliest WAITING task becomes due (retry backoff), if any."""
-        query = select(func.min(tasks.c.next_attempt_at)).where(
-            tasks.c.status == TaskStatus.WAITING
-        )
-        value = await self.runner.read(lambda conn: conn.execute(query).scalar())
+        value = await self.runner.read(lambda conn: conn.execute(_NEXT_DUE).scalar())
         return int(value) if value is not None else None
 
     async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
-        query = (
-            select(tasks)
-            .where(tasks.c.status == TaskStatus.PROCESSING, tasks.c.deadline_at < now)
-            .order_by(tasks.c.id)  # every node sweeps in one order: its updates never deadlock
-            .limit(limit)
-        )
-        return await self._tasks(query)
+        return await self._tasks(_expired_attempts_query(now, limit))
 
     async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]:
-        query = (
-            select(tasks)
-            .where(tasks.c.status == TaskStatus.WAITING, tasks.c.queue_deadline_at < now)
-            .order_by(tasks.c.id)
-            .limit(limit)
-        )
-        return await self._tasks(query)
+        return await self._tasks(_expired_in_queue_query(now, limit))
 
     async def processing_on(self, server_ids: Iterable[str]) -> list[Task]:
-        query = select(tasks).where(
-            tasks.c.status == TaskStatus.PROCESSING, tasks.c.server_id.in_(list(server_ids))
-        )
+        query = select(tasks).where(IS_PROCESSING, tasks.c.server_id.in_(list(server_ids)))
         return await self._tasks(query)
 
     async def orphaned_attempts(self) -> list[Task]:
         """Attempts that no backend answered yet, sent by a node that is no longer recorded
         (declared dead, or stopped before its sends finished)."""
         query = select(tasks).where(
-            tasks.c.status == TaskStatus.PROCESSING,
+            IS_PROCESSING,
             tasks.c.acked.is_(False),
             tasks.c.node_id.not_in(select(nodes.c.id)),
         )
@@ -309,31 +299,78 @@ _GET_TASK = select(tasks).where(tasks.c.id == bindparam("task_id"))
 # Each server with its count of running tasks, in one round trip (ix_tasks_server).
 _IN_FLIGHT = (
     select(func.count())
-    .where(tasks.c.server_id == servers.c.id, tasks.c.status == TaskStatus.PROCESSING.value)
+    .where(tasks.c.server_id == servers.c.id, IS_PROCESSING)
     .scalar_subquery()
     .label("in_flight")
 )
 _DISPATCH_LOCK = select(func.pg_advisory_xact_lock(0x7461736B))  # "task" in ASCII
+# The queries on WAITING or PROCESSING tasks say so with `IS_WAITING` / `IS_PROCESSING`, the
+# predicates of the partial indexes they walk (tables.py); tests/storage/test_query_plans.py
+# checks both databases' plans for each of them.
+_QUEUE_ORDER = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)  # ix_tasks_waiting
+# The first due task in claim order: the claim's walk, stopped at one. (The ORDER BY also keeps
+# PostgreSQL from a sequential scan that hopes to meet a due row early, while a week of
+# finished tasks lies ahead of the waiting ones in the table.)
 _ANY_DUE = (
     select(tasks.c.id)
-    .where(tasks.c.status == TaskStatus.WAITING.value, tasks.c.next_attempt_at <= bindparam("now"))
+    .where(IS_WAITING, tasks.c.next_attempt_at <= bindparam("now"))
+    .order_by(*_QUEUE_ORDER)
     .limit(1)
 )
+# Reads all of ix_tasks_waiting, not the table: the WAITING rows, in no order. (An index led by
+# next_attempt_at would answer at once, but misled claims; the dispatcher does not ask this.)
+_NEXT_DUE = select(func.min(tasks.c.next_attempt_at)).where(IS_WAITING)
 _LIST_SERVERS = select(servers, _IN_FLIGHT).order_by(servers.c.id)
 _GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
 
 
 def _waiting_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
-    """Due WAITING tasks, by priority then FIFO (ix_tasks_queue); only `models` when given."""
+    """Due WAITING tasks, by priority then FIFO; only `models` when given.
+
+    It walks ix_tasks_waiting in this very order and stops after `limit` matches, so a claim
+    costs the same with 1,000 or 50,000 tasks waiting (no sort of the whole queue). Tasks in
+    retry backoff or for models no free server serves are skipped on the way.
+    """
     query = (
         select(tasks)
-        .where(tasks.c.status == TaskStatus.WAITING, tasks.c.next_attempt_at <= now)
-        .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+        .where(IS_WAITING, tasks.c.next_attempt_at <= now)
+        .order_by(*_QUEUE_ORDER)
         .limit(limit)
     )
     if models is not None:
         query = query.where(tasks.c.model.in_(list(models)))
     return query
+
+
+def _claim_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
+    """`_waiting_query` as a claim reads it: rows another writer holds are skipped, not awaited
+    (PostgreSQL; SQLite has one writer and no row locks)."""
+    return _waiting_query(now, limit, models).with_for_update(skip_locked=True)
+
+
+# Both sweeps read expired tasks in the order of their index: (deadline, id). Every node sweeps
+# in that one total order (a deadline does not change while the task is in the swept state), so
+# two nodes updating the same rows take their locks in the same order and never deadlock.
+
+
+def _expired_attempts_query(now: int, limit: int) -> Select[Any]:
+    """PROCESSING tasks past their attempt deadline, earliest first (ix_tasks_attempt_deadline)."""
+    return (
+        select(tasks)
+        .where(IS_PROCESSING, tasks.c.deadline_at < now)
+        .order_by(tasks.c.deadline_at, tasks.c.id)
+        .limit(limit)
+    )
+
+
+def _expired_in_queue_query(now: int, limit: int) -> Select[Any]:
+    """WAITING tasks past their queue deadline, earliest first (ix_tasks_queue_deadline)."""
+    return (
+        select(tasks)
+        .where(IS_WAITING, tasks.c.queue_deadline_at < now)
+        .order_by(tasks.c.queue_deadline_at, tasks.c.id)
+        .limit(limit)
+    )
 
 
 _FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Float,
     Index,
     Integer,
@@ -13,7 +14,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     false,
+    literal_column,
 )
 
 metadata = MetaData()
@@ -48,13 +51,59 @@ tasks = Table(
     Column("deadline_at", BigInteger, nullable=True),
     Column("next_attempt_at", BigInteger, nullable=False, server_default="0"),
     Column("queue_deadline_at", BigInteger, nullable=True),
-    # The dispatcher's query: WAITING tasks by priority, then FIFO.
-    Index("ix_tasks_queue", "status", "priority", "created_at"),
     # In-flight counts per server, and re-queueing a removed server's tasks.
     Index("ix_tasks_server", "server_id", "status"),
-    # The deadline sweep.
-    Index("ix_tasks_deadline", "status", "deadline_at"),
     Index("ix_tasks_finished", "finished_at"),
+)
+
+
+def status_is(status: str) -> ColumnElement[bool]:
+    """`tasks.status = '<status>'` with the status written into the SQL, not bound.
+
+    A query can use a partial index only when the planner can prove from the query's own text
+    that its rows satisfy the index's WHERE: PostgreSQL's generic plans (asyncpg prepares every
+    statement) cannot see a bound parameter's value. The partial indexes below and the queries
+    that rely on them share these expressions.
+    """
+    return tasks.c.status == literal_column(f"'{status}'")
+
+
+IS_WAITING = status_is("WAITING")
+IS_PROCESSING = status_is("PROCESSING")
+
+# The hot queries each walk one of these partial indexes in the query's own ORDER BY, so their
+# cost follows the rows they return, not the depth of the queue. They are partial, not led by
+# `status`: without statistics (SQLite never runs ANALYZE here) SQLite's planner takes any
+# `status = ?` index prefix for a few rows and would sort every WAITING row instead.
+
+# The claim: due WAITING tasks by priority, then FIFO (`sql._waiting_query`), and the
+# dispatcher's "anything due?" probe, the same walk stopped at the first due task. Nothing else
+# indexes WAITING tasks by next_attempt_at: PostgreSQL's generic plans, which do not know `now`,
+# took such an index's `<= now` range for selective and sorted the queue again.
+Index(
+    "ix_tasks_waiting",
+    tasks.c.priority.desc(),
+    tasks.c.created_at,
+    tasks.c.id,
+    sqlite_where=IS_WAITING,
+    postgresql_where=IS_WAITING,
+)
+# The queue-deadline sweep; only tasks that have a queue deadline.
+_HAS_QUEUE_DEADLINE = and_(IS_WAITING, tasks.c.queue_deadline_at.is_not(None))
+Index(
+    "ix_tasks_queue_deadline",
+    tasks.c.queue_deadline_at,
+    tasks.c.id,
+    sqlite_where=_HAS_QUEUE_DEADLINE,
+    postgresql_where=_HAS_QUEUE_DEADLINE,
+)
+# The attempt-deadline sweep, and the scan for attempts of lost nodes.
+Index(
+    "ix_tasks_attempt_deadline",
+    tasks.c.deadline_at,
+    tasks.c.id,
+    sqlite_where=IS_PROCESSING,
+    postgresql_where=IS_PROCESSING,
 )
 
 servers = Table(
