@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -10,6 +11,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
+import taskyard
 from tests.support import Taskyard, shared_taskyard
 
 # Every route of SPEC §2 and issue 3 with its methods (and nothing undocumented under /api).
@@ -237,3 +239,23 @@ def test_405_lists_every_method_of_the_path(yard: Taskyard, path: str, allowed: 
     response = yard.admin.request("TRACE", path)
     assert response.status_code == 405, response.text
     assert response.headers["Allow"] == allowed
+
+
+# ---- probes (issue 8, item 7) ------------------------------------------------------------
+
+
+def test_probes_answer_without_a_token(yard: Taskyard) -> None:
+    """`/` and `/health` say the process is up (`/health` in the seed's newer shape), `/ready`
+    that it reaches its database; none needs a token."""
+    before = datetime.now(UTC)
+    health = httpx.get(f"{yard.url}/health")
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert set(body) == {"status", "timestamp", "version"}
+    assert body["status"] == "healthy"
+    assert body["version"] == taskyard.__version__
+    stamp = datetime.fromisoformat(body["timestamp"])
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC) + timedelta(seconds=1)
+    assert httpx.get(f"{yard.url}/").json()["status"] == "ok"
+    ready = httpx.get(f"{yard.url}/ready")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 
+from taskyard import __version__
 from taskyard.api.deps import CoordinatorDep
 from taskyard.api.responses import JsonResponse
 
@@ -16,6 +18,17 @@ router = APIRouter(tags=["probes"])
 async def liveness() -> dict[str, Any]:
     """The process is up."""
     return {"status": "ok", "service": "taskyard"}
+
+
+@router.get("/health")
+async def health() -> dict[str, Any]:
+    """The process is up, in the seed's newer shape: backends and load balancers guess this
+    path. Like `/`, it does not touch the database (that is `/ready`)."""
+    return {"status": "healthy", "timestamp": _iso_now(), "version": __version__}
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @router.get("/ready", responses={503: {"description": "The database is unreachable"}})
