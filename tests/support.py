@@ -180,7 +180,9 @@ class Proc:
 class Taskyard(Proc):
     """A taskyard coordinator process, with clients for each role."""
 
-    def __init__(self, *, database_url: str, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, *, database_url: str, workdir: Path, env: dict[str, str], log_level: str = "warning"
+    ) -> None:
         port = free_port()
         self.database_url = database_url
         full_env = clean_env(
@@ -189,7 +191,7 @@ class Taskyard(Proc):
             TASKYARD_PORT=str(port),
             **{**FAST_ENV, **env},
         )
-        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", "warning"]
+        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
         super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
         self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
 
@@ -279,13 +281,16 @@ class MockBackend(Proc):
 # ---- Shared coordinators: one per test module, each test in its own namespace ----------------
 
 
-def start_taskyard(workdir: Path, *, database_url: str | None = None, **env: Any) -> Taskyard:
+def start_taskyard(
+    workdir: Path, *, database_url: str | None = None, log_level: str = "warning", **env: Any
+) -> Taskyard:
     """Start a coordinator on `database_url` (default: a SQLite file in `workdir`); `env` keys
     as in `taskyard_factory` (e.g. `health_interval_min_s=30`). The caller stops it."""
     node = Taskyard(
         database_url=database_url or f"sqlite:///{workdir / 'taskyard.db'}",
         workdir=workdir,
         env={f"TASKYARD_{k.upper()}": str(v) for k, v in env.items()},
+        log_level=log_level,
     )
     try:
         node.start(timeout=60)  # a loaded machine can take long to import everything

@@ -11,25 +11,34 @@ import logging
 import os
 import sys
 import types
+from collections.abc import Callable
 from typing import Any, Union, get_args, get_origin
 
 import click
 from pydantic import ValidationError
 
-from taskyard import auth
-from taskyard.config import Settings, resolve_secret
+from taskyard import auth, logs
+from taskyard.config import Settings, early_log_format, resolve_secret
+
+log = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3  # broken configuration: a supervisor should not restart us in a loop
 
 
-def _settings(overrides: dict[str, Any]) -> Settings:
+def _say_on_stderr(message: str) -> None:
+    click.echo(f"taskyard: {message}", err=True)
+
+
+def _settings(
+    overrides: dict[str, Any], *, complain: Callable[[str], None] = _say_on_stderr
+) -> Settings:
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         # Name the fields and the rule, never the values: one of them may be the secret.
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
-            click.echo(f"taskyard: invalid configuration: {where}: {error['msg']}", err=True)
+            complain(f"invalid configuration: {where}: {error['msg']}")
         sys.exit(STARTUP_FAILURE)
     settings, _ = resolve_secret(settings)
     return settings
@@ -77,18 +86,24 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
 
     from taskyard.api.app import create_app
 
-    settings = _settings(overrides)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Logging first, so that everything serve says (a bad configuration too) is in one format.
+    try:
+        logs.configure(level=log_level, fmt=early_log_format(overrides.get("log_format")))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log-level") from None
+    settings = _settings(overrides, complain=log.error)
     if settings.env == "development":
-        _print_dev_banner(settings)
+        if settings.log_format == "json":
+            _log_dev_notice(settings)
+        else:
+            _print_dev_banner(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=access_log,
+        log_config=None,  # no formatters of uvicorn's own: its records go to our handler
     )
 
 
@@ -103,6 +118,23 @@ def _print_dev_banner(settings: Settings) -> None:
         f"admin token (24 h):\n  {token}\n"
         f"mint more with: {_command()} token --role user --sub alice [--ttl 3600]\n",
         err=True,
+    )
+
+
+def _log_dev_notice(settings: Settings) -> None:
+    """The banner for log pipelines: one JSON line, and no token (a log line must never hold
+    one; logs are kept and shipped). Say how to mint one instead."""
+    from sqlalchemy.engine import make_url
+
+    base = f"http://{settings.host}:{settings.port}"
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    log.warning(
+        "development mode on %s (docs: %s/docs, database: %s); no admin token is printed in"
+        " json log format, mint one with: %s token --role admin --sub admin",
+        base,
+        base,
+        database,
+        _command(),
     )
 
 

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./taskyard.db"
     jwt_secret: str = ""
     db_pool_size: int = Field(20, ge=1, le=1000)  # PostgreSQL connections per node
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (logs.py)
 
     # Health monitoring (SPEC §4), seconds.
     health_timeout_s: float = Field(5.0, gt=0)
@@ -92,6 +93,22 @@ class Settings(BaseSettings):
     def callback_base_url(self) -> str:
         base = self.public_url or f"http://{self.host}:{self.port}"
         return base.rstrip("/")
+
+
+class _LogFormatOnly(BaseSettings):
+    """Just TASKYARD_LOG_FORMAT, read before the rest of the settings are checked."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKYARD_", extra="ignore")
+
+    log_format: str = "text"
+
+
+def early_log_format(flag: str | None) -> Literal["text", "json"]:
+    """The log format to report configuration errors in: `serve` must know it before the
+    settings are validated, so that even "invalid configuration" comes out as JSON lines. An
+    unknown value means text here; `Settings` then refuses it."""
+    chosen = flag if flag is not None else _LogFormatOnly().log_format
+    return "json" if chosen == "json" else "text"
 
 
 def resolve_secret(settings: Settings) -> tuple[Settings, bool]:

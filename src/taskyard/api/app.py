@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from taskyard import __version__
+from taskyard import __version__, logs
 from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         await upgrade(settings.database_url)
         store = SqlStore.open(settings.database_url, pool_size=settings.db_pool_size)
         node_id = settings.node_id or Coordinator.new_node_id()
+        logs.set_node_id(node_id)
         client = AiohttpBackendClient(
             max_response_bytes=settings.max_backend_response_bytes, node_id=node_id
         )

@@ -11,6 +11,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskyard import logs
+
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -25,7 +27,8 @@ def _new_request_id() -> bytes:
 
 
 class RequestId:
-    """Echo the client's X-Request-Id (when sane) or make one; put it on every response."""
+    """Echo the client's X-Request-Id (when sane) or make one; put it on every response and on
+    every log line the request causes (uvicorn's access line included)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -43,7 +46,11 @@ class RequestId:
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        context = logs.set_request_id(request_id.decode())
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.reset_request_id(context)
 
 
 class BodyLimit:

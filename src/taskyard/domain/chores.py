@@ -4,12 +4,15 @@ run only on the node holding the "chores" lease, so they happen once, not once p
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING
 
 from taskyard.domain import registry
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import ErrorCode, now_ms
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from taskyard.domain.service import Coordinator
@@ -56,6 +59,12 @@ class Chores(Wakeable):
         """
         c = self.c
         if dead:
+            for node in dead:
+                log.warning(
+                    "node %s lost: unseen for over %g s; its unanswered sends are re-queued",
+                    node,
+                    c.config.node_timeout_s,
+                )
             await c.store.delete_nodes(dead)
             c.bus.nodes()
         lost = await c.store.orphaned_attempts()
@@ -76,4 +85,4 @@ class Chores(Wakeable):
             if registry.offline_too_long(s, now=now, limit_ms=limit_ms)
         ]
         if expired:
-            await c.remove_servers(expired, reason="offline too long")
+            await c.remove_servers(expired, reason=c.offline_too_long)

@@ -18,7 +18,7 @@ from typing import Any
 from taskyard import auth
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.events import TaskEvents
-from taskyard.domain.loops import Wakeable
+from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import (
     FINAL_STATUSES,
     ErrorCode,
@@ -68,6 +68,7 @@ class Dispatcher(Wakeable):
         self._sending: set[asyncio.Task[None]] = set()
         self._last_sweep = 0.0
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
+        self._record_failures = FailureLog("recording backend replies", logger=log)
 
     async def run(self) -> None:
         await self.repeat("dispatcher", self.step)
@@ -123,6 +124,9 @@ class Dispatcher(Wakeable):
         Every task state change on this node goes through here.
         """
         won = await self.store.update_tasks(updates)
+        for update, ok in zip(updates, won, strict=True):
+            if ok and update.values.get("status") == TaskStatus.FAILED:
+                _log_failed(update)
         if any(won):
             # Waiters (GET ?wait=) only care about final states.
             self.events.changed(
@@ -166,7 +170,9 @@ class Dispatcher(Wakeable):
             await self.record_reply(task, server, reply)
         except Exception:
             # The task is safe in the database; the deadline sweep will move it on.
-            log.exception("recording the reply failed", extra={"task_id": task.id})
+            self._record_failures.failed(task_id=task.id, server_id=server.id)
+        else:
+            self._record_failures.succeeded()
 
     async def record_reply(self, task: Task, server: Server, reply: PredictReply) -> None:
         now = now_ms()
@@ -216,8 +222,15 @@ class Dispatcher(Wakeable):
             values |= {"status": ServerStatus.OFFLINE, "last_error": reply.error}
             if fresh.status is not ServerStatus.OFFLINE:
                 values["offline_since"] = now_ms()
-                log.warning("server %s out of rotation after failed dispatch", server.id)
-        await self.store.update_server(server.id, values)
+        if await self.store.update_server(server.id, values) and "offline_since" in values:
+            log.warning(
+                "server %s offline: out of rotation after %d failed dispatch%s: %s",
+                server.id,
+                failures,
+                "" if failures == 1 else "es",
+                reply.error,
+                extra={"server_id": server.id},
+            )
 
     async def sweep(self, now: int) -> None:
         """Abandon attempts past their deadline; fail tasks past their queue deadline."""
@@ -234,8 +247,34 @@ class Dispatcher(Wakeable):
         """Move running attempts back to the queue (their server or coordinator is gone)."""
         now = now_ms()
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
-        if updates:
-            await self.apply(updates)
+        if not updates:
+            return
+        won = await self.apply(updates)  # those out of attempts are FAILED, and logged so
+        for task, update, ok in zip(tasks, updates, won, strict=True):
+            if ok and update.values.get("status") == TaskStatus.WAITING:
+                sent_by = task.attempts[-1].node_id if task.attempts else None
+                log.warning(
+                    "task %s re-queued (attempt %d of %d on %s%s): %s",
+                    task.id,
+                    task.attempt,
+                    task.max_attempts,
+                    task.server_id,
+                    f", sent by node {sent_by}" if sent_by else "",
+                    error,
+                    extra={"task_id": task.id, "server_id": task.server_id},
+                )
+
+
+def _log_failed(update: TaskUpdate) -> None:
+    """A task just ended FAILED: which, where, why (the error is the task's, never a payload)."""
+    values = update.values
+    log.warning(
+        "task %s FAILED (%s): %s",
+        update.task_id,
+        values.get("error_code"),
+        values.get("error"),
+        extra={"task_id": update.task_id, "server_id": update.expect_server},
+    )
 
 
 # Replies that show the server up and working, whatever they mean for the task.

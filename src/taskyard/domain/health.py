@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskyard.domain.cluster import Membership
-from taskyard.domain.loops import Wakeable
+from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import Server, ServerStatus, now_ms
 from taskyard.domain.ports import BackendClient, HealthReply
 from taskyard.storage.base import Store
@@ -80,6 +80,24 @@ def next_state(
     return values
 
 
+def describe_change(server: Server, reply: HealthReply, *, now: int) -> tuple[int, str] | None:
+    """What a check did to `server` (as read before it), for the log: a level and the new
+    state with its reason; None when nothing an operator needs changed (pure)."""
+    if reply.healthy:
+        if server.status is ServerStatus.ONLINE:
+            return None
+        if server.last_success_at is None:
+            return logging.INFO, "online: first health check passed"
+        offline_s = (now - (server.offline_since or now)) / 1000
+        return logging.INFO, f"online: health check passed after {offline_s:.0f} s offline"
+    if server.status is ServerStatus.ONLINE:
+        return logging.WARNING, f"offline: health check failed: {reply.detail}"
+    if server.last_success_at is None and server.consecutive_failures == 0:
+        # Not a change (a new server is offline until a check passes), but why it stays so.
+        return logging.WARNING, f"stays offline: first health check failed: {reply.detail}"
+    return None
+
+
 class HealthMonitor(Wakeable):
     def __init__(
         self,
@@ -108,6 +126,8 @@ class HealthMonitor(Wakeable):
         self._next_resync = 0.0
         self._spread_next_resync = True  # after a start or a hand-over, not for a new server
         self.checks_done = 0
+        # A database outage fails every check: one report for all of them, not one per check.
+        self._check_failures = FailureLog("health checks", logger=log)
 
     def schedule(self, server_id: str, at_ms: int | None = None) -> None:
         """Check `server_id` at `at_ms` (now by default), replacing any earlier plan."""
@@ -179,8 +199,10 @@ class HealthMonitor(Wakeable):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("health check of %s failed", server_id)
+            self._check_failures.failed(server_id=server_id)
             self.schedule(server_id, now_ms() + int(self.policy.interval_min_s * 1000))
+        else:
+            self._check_failures.succeeded()
         finally:
             self._slots.release()
 
@@ -197,19 +219,19 @@ class HealthMonitor(Wakeable):
         self.checks_done += 1
         offline_since = values.get("offline_since")
         if offline_since and now - offline_since > self.policy.offline_removal_s * 1000:
-            log.warning(
-                "removing %s: offline for over %g s", server_id, self.policy.offline_removal_s
-            )
             self.forget(server_id)
-            await self._on_expired(server_id)
+            await self._on_expired(server_id)  # logs the removal and its reason
             return
         if not await self.store.update_server(server_id, values):
             self.forget(server_id)  # deleted while we checked
             return
         if server_id not in self._due:  # a fresh registration may have rescheduled it
             self.schedule(server_id, values["next_check_at"])
+        change = describe_change(server, reply, now=now)
+        if change is not None:
+            level, what = change
+            log.log(level, "server %s %s", server_id, what, extra={"server_id": server_id})
         if server.status is not ServerStatus.ONLINE and reply.healthy:
-            log.info("server %s is online", server_id)
             self._on_online(server_id)
 
     async def _probe(self, url: str) -> HealthReply:

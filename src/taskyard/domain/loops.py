@@ -4,9 +4,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+FAILURE_REPORT_S = 60.0  # a loop that keeps failing is reported again this often
+
+
+class FailureLog:
+    """Report a repeating job's failures without a traceback per iteration: the first failure
+    with its traceback, then one summary (with the latest traceback) at most every `every_s`
+    while it keeps failing, and one line when it works again."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        every_s: float = FAILURE_REPORT_S,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.name, self.every_s, self.clock, self.log = name, every_s, clock, logger
+        self.failures = 0  # in a row
+        self._first_at = 0.0
+        self._reported_at = 0.0
+
+    def failed(self, **extra: Any) -> None:
+        """Call from an `except` block; `extra` ids go on the line if it is written."""
+        now = self.clock()
+        self.failures += 1
+        if self.failures == 1:
+            self._first_at = self._reported_at = now
+            self.log.error("%s failed; retrying", self.name, exc_info=True, extra=extra)
+        elif now - self._reported_at >= self.every_s:
+            self._reported_at = now
+            self.log.error(
+                "%s keeps failing: %d times in a row over %.0f s; retrying",
+                self.name,
+                self.failures,
+                now - self._first_at,
+                exc_info=True,
+                extra=extra,
+            )
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.log.warning(
+                "%s works again after %d failures in a row over %.0f s",
+                self.name,
+                self.failures,
+                self.clock() - self._first_at,
+            )
+            self.failures = 0
 
 
 class Wakeable:
@@ -15,6 +66,7 @@ class Wakeable:
     def __init__(self) -> None:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.failure_pause_s = 1.0  # after a failed iteration
 
     def wake(self) -> None:
         self._wake.set()
@@ -37,14 +89,18 @@ class Wakeable:
         self._wake.clear()
 
     async def repeat(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
-        """Run `step` until stopped; it returns how long to sleep. A failed step is logged and
-        retried after a second; it never kills the loop."""
+        """Run `step` until stopped; it returns how long to sleep. A failed step is retried
+        after `failure_pause_s`; it never kills the loop, and a loop that keeps failing is
+        reported now and then (`FailureLog`), not once per iteration."""
+        failures = FailureLog(f"{name} loop")
         while not self.stopping:
             try:
                 pause = await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s: iteration failed; continuing", name)
-                pause = 1.0
+                failures.failed()
+                pause = self.failure_pause_s
+            else:
+                failures.succeeded()
             await self.sleep(pause)

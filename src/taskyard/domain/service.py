@@ -235,6 +235,14 @@ class Coordinator:
             reg, now=now_ms(), interval_s=self.config.health.interval_min_s
         )
         await self.store.put_server(server)
+        log.info(
+            "server %s registered: %s",
+            server.id,
+            "offline until its first health check passes"
+            if server.health_url
+            else "online (no health URL: judged by heartbeats and dispatch results)",
+            extra={"server_id": server.id},
+        )
         if server.health_url and self.membership.owns(server.id):
             self.health.schedule(server.id)
         else:
@@ -271,11 +279,15 @@ class Coordinator:
         if not await self.store.update_server(server_id, values):
             raise errors.ServerNotFound(server_id)
         if "status" in values:
+            log.info("server %s online: heartbeat", server_id, extra={"server_id": server_id})
             self._capacity_appeared()
         return await self.get_server(server_id)
 
     async def delete_server(self, server_id: str) -> None:
-        if not await self.remove_servers([server_id], reason="deleted by an admin"):
+        removed = await self.remove_servers(
+            [server_id], reason="deleted by an admin", level=logging.INFO
+        )
+        if not removed:
             raise errors.ServerNotFound(server_id)
 
     async def cleanup(self, *, max_age_s: float) -> list[str]:
@@ -288,17 +300,22 @@ class Coordinator:
         ]
         return await self.remove_servers(stale, reason="stale: no heartbeat")
 
-    async def remove_servers(self, server_ids: list[str], *, reason: str) -> list[str]:
-        """Delete servers, stop checking them and re-queue the tasks they were running."""
+    async def remove_servers(
+        self, server_ids: list[str], *, reason: str, level: int = logging.WARNING
+    ) -> list[str]:
+        """Delete servers, stop checking them and re-queue the tasks they were running.
+        `level`: how the removal is logged (an admin's deletion is no cause for alarm)."""
         removed = await self.store.delete_servers(server_ids)
         for server_id in removed:
             self.health.forget(server_id)
+            log.log(
+                level, "server %s removed: %s", server_id, reason, extra={"server_id": server_id}
+            )
         if removed:
             running = await self.store.processing_on(removed)
-            await self.dispatcher.requeue(
+            await self.dispatcher.requeue(  # logs each task it re-queues
                 running, error=f"server removed ({reason})", code=ErrorCode.SERVER_REMOVED
             )
-            log.info("removed servers %s (%s)", removed, reason)
             self.bus.servers()
         return removed
 
@@ -312,7 +329,12 @@ class Coordinator:
         self.bus.work()
 
     async def _remove_expired(self, server_id: str) -> None:
-        await self.remove_servers([server_id], reason="offline too long")
+        await self.remove_servers([server_id], reason=self.offline_too_long)
+
+    @property
+    def offline_too_long(self) -> str:
+        """Why a long-offline server is removed, as the log and its tasks' errors say it."""
+        return f"offline for over {self.config.health.offline_removal_s:g} s"
 
 
 def _may_read(principal: auth.Principal, task: Task) -> bool:

@@ -152,7 +152,7 @@ async def predict(request: web.Request) -> web.Response:
     except _BadRequest as exc:
         return _error(str(exc), 400)
 
-    state.record_received(task_id, attempt, time.time())
+    state.record_received(task_id, attempt, time.time(), callback_token)
     if state.crash_next:
         # No cleanup on purpose: the point is to die like a killed worker, mid-task.
         os._exit(CRASH_EXIT_CODE)

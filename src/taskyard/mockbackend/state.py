@@ -44,9 +44,15 @@ class ReceivedCall:
     task_id: str
     attempt: int
     at: float
+    callback_token: str | None = None  # kept so tests can check it never leaks (e.g. to logs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "attempt": self.attempt, "at": self.at}
+        return {
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "at": self.at,
+            "callback_token": self.callback_token,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +172,10 @@ class MockState:
         self.predict_released.set()
         self.health_released.set()
 
-    def record_received(self, task_id: str, attempt: int, at: float) -> None:
-        self.received.append(ReceivedCall(task_id, attempt, at))
+    def record_received(
+        self, task_id: str, attempt: int, at: float, callback_token: str | None = None
+    ) -> None:
+        self.received.append(ReceivedCall(task_id, attempt, at, callback_token))
         self.received_total += 1
 
     def record_health_check(self, node: str | None, at: float, path: str) -> None:
