@@ -20,6 +20,7 @@ from taskyard.jsonsafe import storable_text
 
 ALGORITHMS = ["HS256"]  # never "none": pyjwt refuses algorithms not listed here
 ADMIN, USER, SERVICE = "admin", "user", "service"
+SERVER_TOKEN_TTL_S = 365 * 24 * 3600.0  # the token a backend gets at registration
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,36 @@ def mint(
         claims["tid"] = task_id
         claims["att"] = attempt
     return jwt.encode(claims, secret, algorithm=ALGORITHMS[0])
+
+
+class JwtIssuer:
+    """The domain's `TokenIssuer`: `service` tokens for backends, signed with the shared secret.
+
+    Both carry `sub: server:<id>` and `srv`; a callback token adds `tid` and `att`."""
+
+    def __init__(self, secret: str, *, server_token_ttl_s: float = SERVER_TOKEN_TTL_S) -> None:
+        self._secret = secret
+        self._server_token_ttl_s = server_token_ttl_s
+
+    def server_token(self, server_id: str) -> str:
+        return mint(
+            self._secret,
+            sub=f"server:{server_id}",
+            roles=[SERVICE],
+            ttl_s=self._server_token_ttl_s,
+            server_id=server_id,
+        )
+
+    def callback_token(self, *, server_id: str, task_id: str, attempt: int, ttl_s: float) -> str:
+        return mint(
+            self._secret,
+            sub=f"server:{server_id}",
+            roles=[SERVICE],
+            ttl_s=ttl_s,
+            server_id=server_id,
+            task_id=task_id,
+            attempt=attempt,
+        )
 
 
 def verify(secret: str, token: str) -> Principal:

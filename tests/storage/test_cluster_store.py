@@ -1,5 +1,6 @@
 """The store's cluster primitives on real databases: claims under the dispatch lock, leases,
-and change notices between nodes. Several `SqlStore`s on one database stand in for nodes."""
+and change notices between nodes. Several `SqlStore`s on one database stand in for nodes.
+What one store does alone (and `MemoryStore` must do too) is in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.models import Server, ServerStatus, Task, TaskStatus
-from taskyard.domain.ports import ClusterHandlers
-from taskyard.storage.base import ClaimPlan, TaskUpdate, WaitingReader
+from taskyard.domain.ports import ClaimPlan, ClusterHandlers, TaskUpdate, WaitingReader
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.notify import PgBus
 from taskyard.storage.sql import SqlStore
@@ -81,20 +81,6 @@ async def _all_tasks(store: SqlStore) -> list[Task]:
     return [t for t in found if t is not None]
 
 
-async def test_a_lease_has_one_holder_until_it_expires_or_is_released(
-    stores: list[SqlStore],
-) -> None:
-    a, b = stores[0], stores[1]
-    assert await a.acquire_lease("chores", holder="n1", now=1_000, ttl_ms=500)
-    assert not await b.acquire_lease("chores", holder="n2", now=1_100, ttl_ms=500)
-    assert await a.acquire_lease("chores", holder="n1", now=1_400, ttl_ms=500)  # renewal
-    assert not await b.acquire_lease("chores", holder="n2", now=1_800, ttl_ms=500)
-    assert await b.acquire_lease("chores", holder="n2", now=2_000, ttl_ms=500)  # n1's lapsed
-    assert not await a.acquire_lease("chores", holder="n1", now=2_100, ttl_ms=500)
-    await b.release_leases(holder="n2")
-    assert await a.acquire_lease("chores", holder="n1", now=2_200, ttl_ms=500)
-
-
 async def test_concurrent_lease_attempts_elect_exactly_one(stores: list[SqlStore]) -> None:
     won = await asyncio.gather(
         *(
@@ -103,17 +89,6 @@ async def test_concurrent_lease_attempts_elect_exactly_one(stores: list[SqlStore
         )
     )
     assert sorted(won) == [False, False, False, True]
-
-
-async def test_nodes_list_shows_who_holds_a_lease(stores: list[SqlStore]) -> None:
-    store = stores[0]
-    await store.touch_node(node_id="n1", host="h1", now=1_000)
-    await store.touch_node(node_id="n2", host="h2", now=1_001)
-    await store.touch_node(node_id="n1", host="h1", now=3_000)
-    await store.acquire_lease("chores", holder="n2", now=3_000, ttl_ms=1_000)
-    nodes = {n.id: n for n in await store.list_nodes()}
-    assert nodes["n1"].started_at == 1_000 and nodes["n1"].last_seen_at == 3_000
-    assert nodes["n2"].leases == ("chores",) and nodes["n1"].leases == ()
 
 
 async def test_notices_reach_the_other_nodes_only(postgres_database_url: str) -> None:
@@ -162,35 +137,6 @@ def test_factories_make_claimable_rows() -> None:
     task = make_task()
     assert server.status is ServerStatus.ONLINE and task.status is TaskStatus.WAITING
     assert dispatch.assign([task, replace(task, id="t2")], [server])
-
-
-async def test_orphaned_attempts_are_the_unanswered_ones_of_unrecorded_nodes(
-    stores: list[SqlStore],
-) -> None:
-    store = stores[0]
-    await store.touch_node(node_id="alive", host="h", now=1_000)
-
-    async def start(task_id: str, node: str, *, acked: bool = False) -> None:
-        task = make_task(id=task_id)
-        await store.add_task(task)
-        update, running = lifecycle.start_attempt(
-            task, server_id="gpu", node_id=node, callback_url="http://cb", now=2_000
-        )
-        assert await store.update_task(update)
-        if acked:
-            assert await store.update_task(
-                lifecycle.acknowledge(running, progress=None, now=2_001)[0]
-            )
-
-    await start("sent-by-alive", "alive")
-    await start("sent-by-gone", "gone")
-    await start("accepted-by-backend", "gone", acked=True)  # its callback can still come
-    assert [t.id for t in await store.orphaned_attempts()] == ["sent-by-gone"]
-    await store.delete_nodes(["alive"])
-    assert sorted(t.id for t in await store.orphaned_attempts()) == [
-        "sent-by-alive",
-        "sent-by-gone",
-    ]
 
 
 async def test_a_node_listens_again_after_losing_its_connection(postgres_database_url: str) -> None:

@@ -53,3 +53,19 @@ def test_bad_tokens_are_refused(tok: str) -> None:
     """alg none, a wrong key, expiry, a missing exp or a bad roles claim → Unauthorized."""
     with pytest.raises(errors.Unauthorized):
         auth.verify(SECRET, tok)
+
+
+def test_issuer_server_token_claims() -> None:
+    """The registration token: bound to its server, valid for a year, nothing more."""
+    claims = jwt.decode(auth.JwtIssuer(SECRET).server_token("gpu-1"), SECRET, ["HS256"])
+    assert claims.pop("exp") - claims.pop("iat") == auth.SERVER_TOKEN_TTL_S
+    assert claims == {"sub": "server:gpu-1", "roles": ["service"], "srv": "gpu-1"}
+
+
+def test_issuer_callback_token_claims() -> None:
+    """The per-attempt token: server, task and attempt, valid for the TTL given."""
+    tok = auth.JwtIssuer(SECRET).callback_token(server_id="b", task_id="t", attempt=2, ttl_s=70.5)
+    claims = jwt.decode(tok, SECRET, ["HS256"])
+    assert claims.pop("exp") - claims.pop("iat") == 70
+    assert claims == {"sub": "server:b", "roles": ["service"], "srv": "b", "tid": "t", "att": 2}
+    assert auth.verify(SECRET, tok).attempt == 2

@@ -16,7 +16,7 @@ from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import nodes, probes, servers, tasks
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
-from taskyard.auth import TokenVerifier
+from taskyard.auth import JwtIssuer, TokenVerifier
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
 from taskyard.domain.dispatcher import DispatchPolicy
@@ -36,14 +36,12 @@ Every `/api` route needs `Authorization: Bearer <JWT>` (HS256, with a `roles` ar
 
 def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
     return CoordinatorConfig(
-        jwt_secret=settings.jwt_secret,
         callback_base_url=settings.callback_base_url,
         task_timeout_s=settings.task_timeout_s,
         max_attempts=settings.max_attempts,
         dispatch=DispatchPolicy(
             node_id=node_id,
             callback_base_url=settings.callback_base_url,
-            jwt_secret=settings.jwt_secret,
             retry_base_s=settings.retry_base_s,
             retry_max_s=settings.retry_max_s,
             poll_s=settings.dispatch_poll_s,
@@ -83,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         coordinator = Coordinator(
             store=store,
             client=client,
+            tokens=JwtIssuer(settings.jwt_secret),
             config=coordinator_config(settings, node_id),
             bus=open_bus(settings.database_url, node_id=node_id, send=store.notify),
         )

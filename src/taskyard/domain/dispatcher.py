@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from taskyard import auth
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import FailureLog, Wakeable
@@ -28,8 +27,15 @@ from taskyard.domain.models import (
     TaskStatus,
     now_ms,
 )
-from taskyard.domain.ports import BackendClient, PredictReply, ReplyKind
-from taskyard.storage.base import Store, TaskUpdate, WaitingReader
+from taskyard.domain.ports import (
+    BackendClient,
+    PredictReply,
+    ReplyKind,
+    Store,
+    TaskUpdate,
+    TokenIssuer,
+    WaitingReader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,6 @@ CALLBACK_TOKEN_GRACE_S = 60.0  # a callback token outlives its attempt's deadlin
 class DispatchPolicy:
     node_id: str
     callback_base_url: str
-    jwt_secret: str
     retry_base_s: float = 1.0
     retry_max_s: float = 30.0
     poll_s: float = 0.5  # seconds
@@ -55,6 +60,7 @@ class Dispatcher(Wakeable):
         *,
         store: Store,
         client: BackendClient,
+        tokens: TokenIssuer,
         policy: DispatchPolicy,
         events: TaskEvents | None = None,
         rng: random.Random | None = None,
@@ -62,6 +68,7 @@ class Dispatcher(Wakeable):
         super().__init__()
         self.store = store
         self.client = client
+        self.tokens = tokens
         self.policy = policy
         self.events = events or TaskEvents()
         self.rng = rng or random.Random()
@@ -84,6 +91,12 @@ class Dispatcher(Wakeable):
             _, pending = await asyncio.wait(self._sending, timeout=grace_s)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def sends_recorded(self) -> None:
+        """Wait until every attempt sent so far has its reply recorded: the end of a pass
+        driven by hand (`dispatch_due`, `sweep`) with no loop running, as tests drive it."""
+        while pending := [job for job in self._sending if not job.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def step(self) -> float:
@@ -148,14 +161,11 @@ class Dispatcher(Wakeable):
         job.add_done_callback(self._sending.discard)
 
     async def _send(self, task: Task, server: Server) -> None:
-        token = auth.mint(
-            self.policy.jwt_secret,
-            sub=f"server:{server.id}",
-            roles=[auth.SERVICE],
-            ttl_s=task.timeout_s + CALLBACK_TOKEN_GRACE_S,
+        token = self.tokens.callback_token(
             server_id=server.id,
             task_id=task.id,
             attempt=task.attempt,
+            ttl_s=task.timeout_s + CALLBACK_TOKEN_GRACE_S,
         )
         payload = {
             "task_id": task.id,

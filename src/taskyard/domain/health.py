@@ -20,8 +20,7 @@ from typing import Any
 from taskyard.domain.cluster import Membership
 from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import Server, ServerStatus, now_ms
-from taskyard.domain.ports import BackendClient, HealthReply
-from taskyard.storage.base import Store
+from taskyard.domain.ports import BackendClient, HealthReply, Store
 
 log = logging.getLogger(__name__)
 

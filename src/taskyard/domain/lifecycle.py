@@ -12,7 +12,7 @@ from typing import Any
 
 from taskyard.domain.dispatch import retry_delay_s
 from taskyard.domain.models import AttemptRecord, ErrorCode, Task, TaskStatus
-from taskyard.storage.base import TaskUpdate
+from taskyard.domain.ports import TaskUpdate
 
 RUNNING = (TaskStatus.PROCESSING,)
 OPEN = (TaskStatus.WAITING, TaskStatus.PROCESSING)

@@ -1,16 +1,147 @@
-"""What the domain needs from the outside world: the backend HTTP client and its replies, and
-change notices between nodes.
+"""What the domain needs from the outside world: storage (conditional task updates and plain
+reads), the backend HTTP client and its replies, tokens for backends, and change notices
+between nodes.
 
-`taskyard.backends.AiohttpBackendClient` implements `BackendClient` and
-`taskyard.storage.notify` the `ClusterBus`; the domain never imports either.
+Dependencies point inward: the adapters import these protocols, the domain never imports an
+adapter. `SqlStore` (storage/sql.py) implements `Store`, and so does `MemoryStore` (testing.py)
+for fast domain tests; `AiohttpBackendClient` (backends.py) the `BackendClient`; `JwtIssuer`
+(auth.py) the `TokenIssuer`; `PgBus` (storage/notify.py) the `ClusterBus`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from taskyard.domain.models import Node, Server, Task, TaskStatus
+
+# ---- storage ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """Set `values` on a task only if it is still in the expected state.
+
+    Every state change is such a compare-and-set, so two actors racing on one task (a callback
+    and the deadline sweep, two coordinators) can never both win.
+    """
+
+    task_id: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    expect_status: Collection[TaskStatus] | None = None
+    expect_attempt: int | None = None
+    expect_server: str | None = None
+
+
+WaitingReader = Callable[[int, Collection[str] | None], list[Task]]
+"""(limit, models or None for any) → due WAITING tasks, by priority then FIFO."""
+
+ClaimPlan = Callable[[list[Server], WaitingReader], list[TaskUpdate]]
+"""Given every server (with exact in-flight counts) and a reader of due tasks, the updates
+that start attempts. Runs inside the claim transaction: pure, quick, no I/O of its own."""
+
+
+class Store(Protocol):
+    """The storage the domain uses. Reads return domain values; writes are durable on return."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # tasks
+    async def add_task(self, task: Task) -> None: ...
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:
+        """Run `plan` under the cluster-wide dispatch lock and apply the updates it returns;
+        each reports whether it matched."""
+        ...
+
+    async def has_due_tasks(self, *, now: int) -> bool: ...
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest WAITING task becomes due, if any."""
+        ...
+
+    async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
+        """PROCESSING tasks whose attempt deadline is before `now`, by (deadline, id)."""
+        ...
+
+    async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]:
+        """WAITING tasks whose queue deadline is before `now`, by (queue deadline, id)."""
+        ...
+
+    async def processing_on(self, server_ids: Iterable[str]) -> list[Task]: ...
+
+    async def orphaned_attempts(self) -> list[Task]:
+        """Unanswered attempts whose node is no longer recorded in `nodes`."""
+        ...
+
+    async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
+        """Apply conditional updates together; each reports whether it matched."""
+        ...
+
+    async def update_task(self, change: TaskUpdate) -> bool: ...
+
+    async def purge_tasks(self, *, finished_before: int) -> int:
+        """Delete final tasks that finished before `finished_before`; return how many."""
+        ...
+
+    async def count_tasks(self) -> dict[str, int]:
+        """Tasks per status (statuses with none are left out)."""
+        ...
+
+    # servers
+    async def put_server(self, server: Server) -> None: ...
+
+    async def get_server(self, server_id: str) -> Server | None: ...
+
+    async def list_servers(self) -> list[Server]:
+        """Every server, with its in-flight count filled in."""
+        ...
+
+    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool: ...
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]: ...
+
+    # coordinator nodes
+    async def touch_node(self, *, node_id: str, host: str, now: int) -> None: ...
+
+    async def list_nodes(self) -> list[Node]: ...
+
+    async def delete_nodes(self, node_ids: Collection[str]) -> None: ...
+
+    # leases: cluster duties held by one node at a time
+    async def acquire_lease(self, name: str, *, holder: str, now: int, ttl_ms: int) -> bool:
+        """Take or renew `name` for `holder` unless someone else holds it unexpired."""
+        ...
+
+    async def release_leases(self, *, holder: str) -> None: ...
+
+
+# ---- tokens --------------------------------------------------------------------------------
+
+
+class TokenIssuer(Protocol):
+    """Signs the `service` tokens the domain hands to backends; the domain never sees a key.
+
+    Both kinds are bound to a server; a callback token also to one attempt of one task, so a
+    late or foreign report can be told from the current one.
+    """
+
+    def server_token(self, server_id: str) -> str:
+        """The long-lived token a backend gets at registration (heartbeats, reports)."""
+        ...
+
+    def callback_token(self, *, server_id: str, task_id: str, attempt: int, ttl_s: float) -> str:
+        """The token sent with one attempt, valid for `ttl_s` seconds."""
+        ...
+
+
+# ---- backends -----------------------------------------------------------------------------
 
 
 class ReplyKind(StrEnum):

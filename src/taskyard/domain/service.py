@@ -33,12 +33,18 @@ from taskyard.domain.models import (
     TaskStatus,
     now_ms,
 )
-from taskyard.domain.ports import BackendClient, ClusterBus, ClusterHandlers, LocalBus
-from taskyard.storage.base import Store, TaskUpdate
+from taskyard.domain.ports import (
+    BackendClient,
+    ClusterBus,
+    ClusterHandlers,
+    LocalBus,
+    Store,
+    TaskUpdate,
+    TokenIssuer,
+)
 
 log = logging.getLogger(__name__)
 
-SERVER_TOKEN_TTL_S = 365 * 24 * 3600.0  # the token a backend gets at registration
 WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often...
 WAIT_FALLBACK_LISTENING_S = 5.0  # ...or this often while other nodes' notices arrive
 
@@ -56,7 +62,6 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
-    jwt_secret: str
     callback_base_url: str
     task_timeout_s: float = 300.0
     max_attempts: int = 3
@@ -76,23 +81,29 @@ class Coordinator:
         *,
         store: Store,
         client: BackendClient,
+        tokens: TokenIssuer,
         config: CoordinatorConfig,
         bus: ClusterBus | None = None,
     ) -> None:
         self.store = store
+        self.tokens = tokens
         self.bus: ClusterBus = bus or LocalBus()
         self.config = config
         self.rng = random.Random()
         policy = config.dispatch or DispatchPolicy(
             node_id=self.new_node_id(),
             callback_base_url=config.callback_base_url,
-            jwt_secret=config.jwt_secret,
         )
         self.node_id = policy.node_id
         self.membership = Membership(self.node_id)
         self.events = TaskEvents(publish=self.bus.tasks_final)
         self.dispatcher = Dispatcher(
-            store=store, client=client, policy=policy, events=self.events, rng=self.rng
+            store=store,
+            client=client,
+            tokens=tokens,
+            policy=policy,
+            events=self.events,
+            rng=self.rng,
         )
         self.health = HealthMonitor(
             store=store,
@@ -250,14 +261,7 @@ class Coordinator:
         if not server.health_url:
             self._capacity_appeared()
         self.bus.servers()  # its owner (maybe another node) schedules its checks
-        token = auth.mint(
-            self.config.jwt_secret,
-            sub=f"server:{server.id}",
-            roles=[auth.SERVICE],
-            ttl_s=SERVER_TOKEN_TTL_S,
-            server_id=server.id,
-        )
-        return server, token
+        return server, self.tokens.server_token(server.id)
 
     async def list_servers(self) -> list[Server]:
         return await self.store.list_servers()

@@ -34,8 +34,8 @@ from taskyard.domain.models import (
     Task,
     TaskStatus,
 )
+from taskyard.domain.ports import ClaimPlan, TaskUpdate
 from taskyard.jsonsafe import storable_text
-from taskyard.storage.base import ClaimPlan, TaskUpdate
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import (
     DEFAULT_POOL_SIZE,

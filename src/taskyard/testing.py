@@ -1,0 +1,312 @@
+"""Test support shipped with the package: `MemoryStore`, the domain's `Store` in plain Python.
+
+It keeps SqlStore's semantics (conditional updates, claims on fresh data with exact in-flight
+counts, the queue and sweep orders, leases, nodes), so domain logic can be tested in
+milliseconds without a database; `tests/storage/test_store_contract.py` runs the same tests on
+both to keep it honest. What only a database shows (locking, several processes, durability,
+query plans) stays with the real stores and processes.
+
+Each operation runs whole, with no await inside it, which makes it atomic as a transaction is;
+before it, it gives other tasks one turn of the event loop, as a real store's I/O would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from taskyard.domain.models import FINAL_STATUSES, Node, Server, ServerStatus, Task, TaskStatus
+from taskyard.domain.ports import ClaimPlan, Store, TaskUpdate
+
+__all__ = ["MemoryStore"]
+
+_TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(Task))
+_ROW_ONLY = frozenset({"node_id", "acked"})  # columns the domain writes but never reads back
+_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(Server)) - {"in_flight"}
+
+
+@dataclass(slots=True)
+class _TaskRow:
+    task: Task
+    node_id: str | None = None  # the coordinator that sent the current attempt
+    acked: bool = False  # whether the backend answered that send
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    holder: str
+    expires_at: int
+
+
+class MemoryStore:
+    """The `Store` in dictionaries, for one process. Not durable, not shared, not thread-safe."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _TaskRow] = {}
+        self._servers: dict[str, Server] = {}  # as registered: in_flight is counted on read
+        self._nodes: dict[str, Node] = {}  # without leases: those are joined on read
+        self._leases: dict[str, _Lease] = {}
+
+    async def ping(self) -> None:
+        await _turn()
+
+    async def close(self) -> None:
+        await _turn()
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def add_task(self, task: Task) -> None:
+        await self.add_tasks([task])
+
+    async def add_tasks(self, batch: Iterable[Task]) -> None:
+        """Insert many tasks at once (as `SqlStore.add_tasks`); a taken id inserts none."""
+        await _turn()
+        tasks = list(batch)
+        rows = {task.id: _TaskRow(_stored_task(task)) for task in tasks}
+        if len(rows) < len(tasks) or rows.keys() & self._tasks.keys():
+            raise ValueError("a task id is already stored (the primary key)")
+        self._tasks |= rows
+
+    async def get_task(self, task_id: str) -> Task | None:
+        await _turn()
+        row = self._tasks.get(task_id)
+        return row.task if row else None
+
+    async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:
+        """Run `plan` on the current servers and queue, then apply its updates: all in one
+        step, so the in-flight counts it sees are exact until its updates land."""
+        await _turn()
+
+        def waiting(limit: int, models: Collection[str] | None) -> list[Task]:
+            return self._waiting(now, limit, models)
+
+        return [self._apply(update) for update in plan(self._server_list(), waiting)]
+
+    async def has_due_tasks(self, *, now: int) -> bool:
+        await _turn()
+        return bool(self._waiting(now, 1, None))
+
+    async def next_due_at(self) -> int | None:
+        await _turn()
+        return min((t.next_attempt_at for t in self._in(TaskStatus.WAITING)), default=None)
+
+    async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
+        await _turn()
+        return self._expired(TaskStatus.PROCESSING, lambda t: t.deadline_at, now, limit)
+
+    async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]:
+        await _turn()
+        return self._expired(TaskStatus.WAITING, lambda t: t.queue_deadline_at, now, limit)
+
+    async def processing_on(self, server_ids: Iterable[str]) -> list[Task]:
+        await _turn()
+        ids = set(server_ids)
+        return [t for t in self._in(TaskStatus.PROCESSING) if t.server_id in ids]
+
+    async def orphaned_attempts(self) -> list[Task]:
+        await _turn()
+        return [
+            row.task
+            for row in self._tasks.values()
+            if row.task.status is TaskStatus.PROCESSING
+            and not row.acked
+            and row.node_id is not None
+            and row.node_id not in self._nodes
+        ]
+
+    async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
+        await _turn()
+        return [self._apply(update) for update in updates]
+
+    async def update_task(self, change: TaskUpdate) -> bool:
+        return (await self.update_tasks([change]))[0]
+
+    async def purge_tasks(self, *, finished_before: int) -> int:
+        await _turn()
+        old = [
+            row.task.id
+            for row in self._tasks.values()
+            if row.task.status in FINAL_STATUSES
+            and row.task.finished_at is not None
+            and row.task.finished_at < finished_before
+        ]
+        for task_id in old:
+            del self._tasks[task_id]
+        return len(old)
+
+    async def count_tasks(self) -> dict[str, int]:
+        await _turn()
+        counts: dict[str, int] = {}
+        for row in self._tasks.values():
+            counts[row.task.status.value] = counts.get(row.task.status.value, 0) + 1
+        return counts
+
+    def _in(self, status: TaskStatus) -> list[Task]:
+        return [row.task for row in self._tasks.values() if row.task.status is status]
+
+    def _expired(
+        self, status: TaskStatus, deadline: Callable[[Task], int | None], now: int, limit: int
+    ) -> list[Task]:
+        """Tasks in `status` whose `deadline` is before `now`, by (deadline, id), as both
+        sweeps read them."""
+        expired = [
+            (due, t.id, t)
+            for t in self._in(status)
+            if (due := deadline(t)) is not None and due < now
+        ]
+        return [t for _, _, t in sorted(expired)][:limit]
+
+    def _waiting(self, now: int, limit: int, models: Collection[str] | None) -> list[Task]:
+        """Due WAITING tasks in the claim's order: priority, then FIFO, then id."""
+        due = [
+            t
+            for t in self._in(TaskStatus.WAITING)
+            if t.next_attempt_at <= now and (models is None or t.model in models)
+        ]
+        return sorted(due, key=lambda t: (-t.priority, t.created_at, t.id))[:limit]
+
+    def _apply(self, change: TaskUpdate) -> bool:
+        """One conditional update, with the WHERE clause of `SqlStore`'s."""
+        row = self._tasks.get(change.task_id)
+        if row is None:
+            return False
+        task = row.task
+        if change.expect_status and task.status not in change.expect_status:
+            return False
+        if change.expect_attempt is not None and task.attempt != change.expect_attempt:
+            return False
+        if change.expect_server is not None and task.server_id != change.expect_server:
+            return False
+        unknown = change.values.keys() - _TASK_FIELDS - _ROW_ONLY
+        if unknown:
+            raise KeyError(f"tasks have no columns {sorted(unknown)}")
+        fields = {k: v for k, v in change.values.items() if k in _TASK_FIELDS}
+        row.task = _stored_task(replace(task, **fields))
+        row.node_id = change.values.get("node_id", row.node_id)
+        row.acked = bool(change.values.get("acked", row.acked))
+        return True
+
+    # ---- servers -----------------------------------------------------------------------
+
+    async def put_server(self, server: Server) -> None:
+        """Insert or replace a server registration."""
+        await _turn()
+        self._servers[server.id] = _stored_server(server)
+
+    async def get_server(self, server_id: str) -> Server | None:
+        await _turn()
+        server = self._servers.get(server_id)
+        return self._with_in_flight(server) if server else None
+
+    async def list_servers(self) -> list[Server]:
+        await _turn()
+        return self._server_list()
+
+    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool:
+        await _turn()
+        unknown = values.keys() - _SERVER_FIELDS
+        if unknown:
+            raise KeyError(f"servers have no columns {sorted(unknown)}")
+        server = self._servers.get(server_id)
+        if server is None:
+            return False
+        self._servers[server_id] = _stored_server(replace(server, **values))
+        return True
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
+        """Delete servers; return the ids that existed."""
+        await _turn()
+        return [sid for sid in dict.fromkeys(server_ids) if self._servers.pop(sid, None)]
+
+    def _server_list(self) -> list[Server]:
+        return [self._with_in_flight(self._servers[sid]) for sid in sorted(self._servers)]
+
+    def _with_in_flight(self, server: Server) -> Server:
+        running = sum(1 for t in self._in(TaskStatus.PROCESSING) if t.server_id == server.id)
+        return replace(server, in_flight=running)
+
+    # ---- nodes and leases --------------------------------------------------------------
+
+    async def touch_node(self, *, node_id: str, host: str, now: int) -> None:
+        """Record that `node_id` is alive; its host and start are kept from the first touch."""
+        await _turn()
+        known = self._nodes.get(node_id)
+        self._nodes[node_id] = (
+            replace(known, last_seen_at=now)
+            if known
+            else Node(id=node_id, host=host, started_at=now, last_seen_at=now)
+        )
+
+    async def list_nodes(self) -> list[Node]:
+        """Every recorded node, by start time, with the leases it holds (by name)."""
+        await _turn()
+        held: dict[str, list[str]] = {}
+        for name in sorted(self._leases):
+            held.setdefault(self._leases[name].holder, []).append(name)
+        return [
+            replace(node, leases=tuple(held.get(node.id, ())))
+            for node in sorted(self._nodes.values(), key=lambda n: (n.started_at, n.id))
+        ]
+
+    async def delete_nodes(self, node_ids: Collection[str]) -> None:
+        await _turn()
+        for node_id in node_ids:
+            self._nodes.pop(node_id, None)
+
+    async def acquire_lease(self, name: str, *, holder: str, now: int, ttl_ms: int) -> bool:
+        """Take or renew the lease `name` unless another holder's is still valid."""
+        await _turn()
+        lease = self._leases.get(name)
+        if lease is not None and lease.holder != holder and lease.expires_at >= now:
+            return False
+        self._leases[name] = _Lease(holder, now + ttl_ms)
+        return True
+
+    async def release_leases(self, *, holder: str) -> None:
+        await _turn()
+        for name in [n for n, lease in self._leases.items() if lease.holder == holder]:
+            del self._leases[name]
+
+
+async def _turn() -> None:
+    await asyncio.sleep(0)
+
+
+def _json_copy(value: Any) -> Any:
+    """What a JSON column gives back: a fresh copy, JSON's types, or an error where SqlStore's
+    orjson would raise one."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def _stored_task(task: Task) -> Task:
+    """`task` as a read would return it after a write: its JSON columns copied, its status an
+    enum (a `TaskUpdate` may carry the plain string)."""
+    return replace(
+        task,
+        status=TaskStatus(task.status),
+        request=_json_copy(task.request),
+        result=_json_copy(task.result) if task.result is not None else None,
+        attempts=tuple(task.attempts),
+    )
+
+
+def _stored_server(server: Server) -> Server:
+    return replace(
+        server,
+        status=ServerStatus(server.status),
+        models=tuple(server.models),
+        extra=_json_copy(server.extra),
+        reported_load=(
+            _json_copy(server.reported_load) if server.reported_load is not None else None
+        ),
+        in_flight=0,
+    )
+
+
+if TYPE_CHECKING:
+    _conforms: Store = MemoryStore()  # mypy checks the fake against the protocol
