@@ -232,6 +232,7 @@ def test_maxagemins_true_is_not_a_number(yard: Taskyard) -> None:
         ("/api/servers/s1", "DELETE, GET"),
         ("/api/task/t1", "GET, PUT"),
         ("/api/task", "POST"),
+        ("/api/servers/cleanup", "POST"),  # concrete before /api/servers/{server_id}, as OpenAPI
     ],
 )
 def test_405_lists_every_method_of_the_path(yard: Taskyard, path: str, allowed: str) -> None:

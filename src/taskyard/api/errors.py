@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,19 +84,36 @@ def install(app: FastAPI) -> None:
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+_PARAMETER = re.compile(r"\{[^}/]+\}")
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods some route serves at this request's path. Asked of the router with each
-    method in turn, so routes nested in included routers count too."""
+    """The methods of the resource at this path, as the OpenAPI document has them: a concrete
+    path (`/api/servers/cleanup`) before a templated one (`/api/servers/{server_id}`), as
+    OpenAPI matches them. Undocumented paths ask the router, method by method."""
+    path = request.url.path
+    operations = request.app.openapi().get("paths", {})
+    templated: list[str] = []
+    for template, item in operations.items():
+        if template == path:
+            return sorted(method.upper() for method in item)
+        if "{" in template and _template_regex(template).fullmatch(path):
+            templated.extend(method.upper() for method in item)
+    if templated:
+        return sorted(set(templated))
     routes = request.app.router.routes
+    scope = request.scope
     return [
         method
         for method in _METHODS
-        if any(
-            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
-        )
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = _PARAMETER.split(template)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 def documented(**descriptions: str) -> dict[int | str, dict[str, Any]]:
