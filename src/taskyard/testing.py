@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskyard.domain.models import FINAL_STATUSES, Node, Server, ServerStatus, Task, TaskStatus
-from taskyard.domain.ports import ClaimPlan, Store, TaskUpdate
+from taskyard.domain.ports import ClaimPlan, ModelQueue, Store, TaskQuery, TaskUpdate
+from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 
 __all__ = ["MemoryStore"]
 
@@ -51,6 +52,7 @@ class MemoryStore:
         self._servers: dict[str, Server] = {}  # as registered: in_flight is counted on read
         self._nodes: dict[str, Node] = {}  # without leases: those are joined on read
         self._leases: dict[str, _Lease] = {}
+        self._tallies: list[Tally] = []  # every tally recorded, in order
 
     async def ping(self) -> None:
         await _turn()
@@ -71,6 +73,7 @@ class MemoryStore:
         if len(rows) < len(tasks) or rows.keys() & self._tasks.keys():
             raise ValueError("a task id is already stored (the primary key)")
         self._tasks |= rows
+        self._tallies += [Tally(Event.CREATED, t.created_at, t.model) for t in tasks]
 
     async def get_task(self, task_id: str) -> Task | None:
         await _turn()
@@ -146,6 +149,41 @@ class MemoryStore:
             counts[row.task.status.value] = counts.get(row.task.status.value, 0) + 1
         return counts
 
+    async def search_tasks(self, query: TaskQuery) -> list[Task]:
+        await _turn()
+        found = [
+            replace(t, request={}, result=None)
+            for t in (row.task for row in self._tasks.values())
+            if _matches(t, query)
+        ]
+        return sorted(found, key=lambda t: (t.created_at, t.id), reverse=True)[: query.limit]
+
+    async def queue_by_model(self, *, now: int) -> list[ModelQueue]:
+        await _turn()
+        counts: dict[str, list[int]] = {}
+        for t in self._in(TaskStatus.WAITING):
+            waiting_due = counts.setdefault(t.model, [0, 0])
+            waiting_due[0] += 1
+            waiting_due[1] += t.next_attempt_at <= now
+        return [ModelQueue(m, n, d) for m, (n, d) in sorted(counts.items())]
+
+    async def processing_by_model(self) -> dict[str, int]:
+        await _turn()
+        counts: dict[str, int] = {}
+        for t in self._in(TaskStatus.PROCESSING):
+            counts[t.model] = counts.get(t.model, 0) + 1
+        return counts
+
+    async def queue_position(self, task: Task, *, limit: int) -> int:
+        await _turn()
+        mine = (-task.priority, task.created_at, task.id)
+        ahead = sum(
+            1
+            for t in self._in(TaskStatus.WAITING)
+            if t.model == task.model and (-t.priority, t.created_at, t.id) < mine
+        )
+        return min(ahead, limit)
+
     def _in(self, status: TaskStatus) -> list[Task]:
         return [row.task for row in self._tasks.values() if row.task.status is status]
 
@@ -189,7 +227,53 @@ class MemoryStore:
         row.task = _stored_task(replace(task, **fields))
         row.node_id = change.values.get("node_id", row.node_id)
         row.acked = bool(change.values.get("acked", row.acked))
+        self._tallies += change.tallies
         return True
+
+    # ---- statistics --------------------------------------------------------------------
+
+    async def tally_sums(
+        self,
+        *,
+        since: int,
+        events: Collection[Event],
+        group_by: Collection[str],
+        period_ms: int = 60_000,
+        server_id: str | None = None,
+    ) -> list[TallySum]:
+        await _turn()
+        unknown = set(group_by) - GROUPABLE
+        if unknown:
+            raise ValueError(f"tallies cannot be grouped by {sorted(unknown)}")
+        sums: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        for t in self._tallies:
+            if t.minute < since or t.event not in events:
+                continue
+            if server_id is not None and t.server_id != server_id:
+                continue
+            fields = {
+                "period": t.minute - t.minute % period_ms,
+                "event": t.event.value,
+                "model": t.model,
+                "server_id": t.server_id,
+                "code": t.code,
+                "bucket": t.bucket,
+            }
+            key = tuple((name, fields[name]) for name in sorted(group_by))
+            counted = sums.setdefault(key, [0, 0])
+            counted[0] += 1
+            counted[1] += t.ms or 0
+        return [
+            TallySum(count=count, total_ms=total, **dict(key))
+            for key, (count, total) in sums.items()
+        ]
+
+    async def prune_tallies(self, *, before: int) -> int:
+        await _turn()
+        kept = [t for t in self._tallies if t.minute >= before]
+        pruned = len(self._tallies) - len(kept)
+        self._tallies = kept
+        return pruned
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -271,6 +355,25 @@ class MemoryStore:
         await _turn()
         for name in [n for n, lease in self._leases.items() if lease.holder == holder]:
             del self._leases[name]
+
+
+def _matches(task: Task, query: TaskQuery) -> bool:
+    """`query`'s filters, as SqlStore's search applies them."""
+    if query.statuses and task.status not in query.statuses:
+        return False
+    for wanted, value in (
+        (query.model, task.model),
+        (query.server_id, task.server_id),
+        (query.owner, task.owner),
+        (query.error_code, task.error_code),
+    ):
+        if wanted is not None and value != wanted:
+            return False
+    if query.created_after is not None and task.created_at <= query.created_after:
+        return False
+    if query.created_before is not None and task.created_at >= query.created_before:
+        return False
+    return query.before is None or (task.created_at, task.id) < query.before
 
 
 async def _turn() -> None:

@@ -24,6 +24,10 @@ API_ROUTES: dict[str, set[str]] = {
     "/api/servers/{server_id}/heartbeat": {"post"},
     "/api/servers/cleanup": {"post"},
     "/api/nodes": {"get"},  # issue 3: the cluster's nodes
+    "/api/tasks": {"get"},  # issue 8: search
+    "/api/stats": {"get"},
+    "/api/stats/hourly": {"get"},
+    "/api/stats/servers/{server_id}": {"get"},
 }
 WITH_BODY = [("/api/task", "post"), ("/api/task/{task_id}", "put"), ("/api/servers", "post")]
 WITH_ID = [(p, m) for p, ms in API_ROUTES.items() for m in ms if "{" in p]

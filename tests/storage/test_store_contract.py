@@ -16,7 +16,8 @@ import sqlalchemy.exc
 
 from taskyard.domain import lifecycle
 from taskyard.domain.models import Server, ServerStatus, Task, TaskStatus
-from taskyard.domain.ports import Store, TaskUpdate, WaitingReader
+from taskyard.domain.ports import ModelQueue, Store, TaskQuery, TaskUpdate, WaitingReader
+from taskyard.domain.tallies import Event
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from taskyard.testing import MemoryStore
@@ -326,3 +327,102 @@ async def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: Sto
 
 async def test_ping_answers(store: Store) -> None:
     await store.ping()
+
+
+# ---- search, queue reads, statistics ---------------------------------------------------------
+
+
+async def test_search_pages_newest_first_with_every_filter(store: Store) -> None:
+    tasks = [
+        make_task(id=f"t{i:02}", created_at=1_000 + i // 2, owner="bob" if i % 3 else "alice")
+        for i in range(12)
+    ]
+    for task in tasks:
+        await store.add_task(task)
+    failed = lifecycle.expire_in_queue(tasks[4], now=5_000)  # FAILED, no_capacity_deadline
+    assert await store.update_task(failed)
+    newest_first = sorted(tasks, key=lambda t: (t.created_at, t.id), reverse=True)
+    seen: list[str] = []
+    before: tuple[int, str] | None = None
+    while True:
+        page = await store.search_tasks(TaskQuery(limit=5, before=before))
+        seen += [t.id for t in page]
+        if len(page) < 5:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == [t.id for t in newest_first]
+    [summary] = await store.search_tasks(TaskQuery(limit=50, error_code="no_capacity_deadline"))
+    assert summary.id == "t04" and summary.request == {} and summary.result is None
+    assert summary.status is TaskStatus.FAILED
+    by_status = await store.search_tasks(TaskQuery(limit=50, statuses=(TaskStatus.FAILED,)))
+    assert [t.id for t in by_status] == ["t04"]
+    alices = await store.search_tasks(TaskQuery(limit=50, owner="alice"))
+    assert [t.id for t in alices] == ["t09", "t06", "t03", "t00"]
+    window = await store.search_tasks(
+        TaskQuery(limit=50, created_after=1_002, created_before=1_005)
+    )
+    assert [t.id for t in window] == ["t09", "t08", "t07", "t06"]
+    assert await store.search_tasks(TaskQuery(limit=50, model="other")) == []
+    running = await start(store, make_task(id="r1", created_at=2_000), server="gpu-7")
+    assert [t.id for t in await store.search_tasks(TaskQuery(limit=5, server_id="gpu-7"))] == [
+        running.id
+    ]
+
+
+async def test_queue_reads_count_by_model_and_position(store: Store) -> None:
+    queue = [
+        make_task(id="a1", model="a", priority=0, created_at=1_000),
+        make_task(id="a2", model="a", priority=5, created_at=3_000),
+        make_task(id="a3", model="a", priority=0, created_at=2_000, next_attempt_at=99_000),
+        make_task(id="b1", model="b", created_at=1_000),
+    ]
+    for task in queue:
+        await store.add_task(task)
+    await start(store, make_task(id="b2", model="b", created_at=500))
+    assert await store.queue_by_model(now=5_000) == [ModelQueue("a", 3, 2), ModelQueue("b", 1, 1)]
+    assert await store.processing_by_model() == {"b": 1}
+    positions = {t.id: await store.queue_position(t, limit=100) for t in queue}
+    assert positions == {"a2": 0, "a1": 1, "a3": 2, "b1": 0}
+    assert await store.queue_position(queue[2], limit=1) == 1  # counted up to the limit
+
+
+async def test_tallies_count_matched_changes_only_and_sum_by_group(store: Store) -> None:
+    minute = 60_000
+    task = make_task(id="t1", created_at=10 * minute + 5)
+    running = await start(store, task, now=10 * minute + 100)
+    done, _ = lifecycle.finish(running, result={"ok": 1}, now=11 * minute + 100)
+    assert await store.update_task(done)
+    assert not await store.update_task(done)  # a second finish matches nothing, counts nothing
+    sums = await store.tally_sums(
+        since=0,
+        events=(Event.CREATED, Event.FINISHED, Event.ATTEMPT, Event.QUEUE_WAIT),
+        group_by=("period", "event"),
+    )
+    by_key = {(s.period, s.event): (s.count, s.total_ms) for s in sums}
+    assert by_key == {
+        (10 * minute, "created"): (1, 0),
+        (10 * minute, "queue_wait"): (1, 95),
+        (11 * minute, "finished"): (1, 0),
+        (11 * minute, "attempt"): (1, minute),
+    }
+    [attempt] = await store.tally_sums(
+        since=11 * minute, events=(Event.ATTEMPT,), group_by=("server_id", "code"), server_id="gpu"
+    )
+    assert (attempt.server_id, attempt.code, attempt.count) == ("gpu", "ok", 1)
+    assert (
+        await store.tally_sums(
+            since=0, events=(Event.ATTEMPT,), group_by=("code",), server_id="other"
+        )
+        == []
+    )
+    hourly = await store.tally_sums(
+        since=0, events=(Event.CREATED, Event.FINISHED), group_by=("period",), period_ms=3_600_000
+    )
+    assert [(s.period, s.count) for s in hourly] == [(0, 2)]
+    assert await store.prune_tallies(before=11 * minute) >= 2
+    left = await store.tally_sums(since=0, events=tuple(Event), group_by=("event",))
+    assert sorted((s.event, s.count) for s in left) == [
+        ("attempt", 1),
+        ("finished", 1),
+        ("processing", 1),
+    ]

@@ -32,6 +32,11 @@ def backend() -> ScriptedBackend:
 
 @pytest.fixture
 def yard(backend: ScriptedBackend) -> Coordinator:
+    return memory_yard(backend)
+
+
+def memory_yard(backend: ScriptedBackend) -> Coordinator:
+    """A coordinator on a MemoryStore, its loops not running, talking to `backend`."""
     # No retry backoff: a retried task is due again at once, for the next pass.
     policy = DispatchPolicy(
         node_id="n1", callback_base_url=BASE_URL, retry_base_s=0.0, retry_max_s=0.0

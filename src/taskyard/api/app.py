@@ -14,7 +14,7 @@ from taskyard import __version__, logs
 from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
-from taskyard.api.routes import nodes, probes, servers, tasks
+from taskyard.api.routes import nodes, probes, search, servers, stats, tasks
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
 from taskyard.auth import JwtIssuer, TokenVerifier
 from taskyard.backends import AiohttpBackendClient
@@ -71,8 +71,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(settings.database_url)
-        store = SqlStore.open(settings.database_url, pool_size=settings.db_pool_size)
         node_id = settings.node_id or Coordinator.new_node_id()
+        store = SqlStore.open(
+            settings.database_url, pool_size=settings.db_pool_size, node_id=node_id
+        )
         logs.set_node_id(node_id)
         client = AiohttpBackendClient(
             max_response_bytes=settings.max_backend_response_bytes, node_id=node_id
@@ -108,6 +110,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)
+    app.include_router(search.router)
+    app.include_router(stats.router)
     app.include_router(servers.router)
     app.include_router(nodes.router)
     app.add_middleware(JsonBodies)

@@ -135,12 +135,21 @@ class AttemptOut(BaseModel):
     nodeId: str | None = Field(None, description="the coordinator node that sent this attempt")
 
 
-class TaskDetails(BaseModel):
+class WaitingOut(BaseModel):
+    reason: Literal[
+        "backoff", "no_server_for_model", "maintenance", "no_server_online", "all_busy", "queued"
+    ]
+    detail: str
+    retryAt: int | None = Field(None, description="epoch ms: when the next attempt is due")
+    position: int | None = Field(
+        None, description="WAITING tasks of the same model ahead of it (counted up to 10,000)"
+    )
+
+
+class TaskSummary(BaseModel):
     id: str
     status: Literal["WAITING", "PROCESSING", "FINISHED", "FAILED", "CANCELLED"]
-    request: dict[str, Any]
     serverId: str | None
-    result: Any
     createdAt: int = Field(description="epoch milliseconds")
     updatedAt: int
     callbackUrl: str | None
@@ -155,9 +164,27 @@ class TaskDetails(BaseModel):
     finishedAt: int | None
 
 
+class TaskDetails(TaskSummary):
+    request: dict[str, Any]
+    result: Any
+    waiting: WaitingOut | None = Field(
+        None, description="while WAITING (when read): why it has not started yet"
+    )
+
+
 class TaskOut(BaseModel):
     taskId: str
     taskDetails: TaskDetails
+    warnings: list[str] | None = Field(
+        None, description="on create: what the creator should know (e.g. no server serves it)"
+    )
+
+
+class TasksPage(BaseModel):
+    tasks: list[TaskSummary] = Field(description="newest first; without request and result")
+    nextCursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
 
 
 class ResultMetadata(BaseModel):

@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from taskyard.domain import registry
+from taskyard.domain import registry, stats
 from taskyard.domain.loops import Wakeable
 from taskyard.domain.models import ErrorCode, now_ms
 
@@ -44,6 +44,7 @@ class Chores(Wakeable):
             await self.recover_lost_nodes(dead)
             await self.remove_offline_servers(now)
             await c.store.purge_tasks(finished_before=now - int(c.config.result_retention_s * 1000))
+            await c.store.prune_tallies(before=now - stats.RETENTION_MS)
         return c.config.chores_interval_s
 
     @property

@@ -13,6 +13,7 @@ from typing import Any
 from taskyard.domain.dispatch import retry_delay_s
 from taskyard.domain.models import AttemptRecord, ErrorCode, Task, TaskStatus
 from taskyard.domain.ports import TaskUpdate
+from taskyard.domain.tallies import CANCELLED, OK, Event, Tally
 
 RUNNING = (TaskStatus.PROCESSING,)
 OPEN = (TaskStatus.WAITING, TaskStatus.PROCESSING)
@@ -35,8 +36,15 @@ def start_attempt(
         "updated_at": now,
         "attempts": (*task.attempts, AttemptRecord(number, server_id, now, node_id=node_id)),
     }
+    # Waiting since it was created, or since its last attempt ended (backoff included).
+    waiting_since = task.attempts[-1].ended_at if task.attempts else None
+    waited = Tally(Event.QUEUE_WAIT, now, task.model, ms=now - (waiting_since or task.created_at))
     update = TaskUpdate(
-        task.id, values, expect_status=(TaskStatus.WAITING,), expect_attempt=task.attempt
+        task.id,
+        values,
+        expect_status=(TaskStatus.WAITING,),
+        expect_attempt=task.attempt,
+        tallies=(waited,),
     )
     return update, _evolve(task, values)
 
@@ -49,7 +57,12 @@ def finish(task: Task, *, result: Any, now: int) -> tuple[TaskUpdate, Task]:
         "progress": 100.0,
         "finished_at": now,
     }
-    return _on_attempt(task, values), _evolve(task, values)
+    tallies = (
+        Tally(Event.FINISHED, now, task.model),
+        *_attempt_ended(task, now, OK),
+        *_processed(task, now),
+    )
+    return _on_attempt(task, values, tallies), _evolve(task, values)
 
 
 def fail(
@@ -71,7 +84,12 @@ def fail(
     }
     if result is not None:
         values["result"] = result
-    return _on_attempt(task, values), _evolve(task, values)
+    tallies = (
+        Tally(Event.FAILED, now, task.model, code=code.value),
+        *_attempt_ended(task, now, code.value),
+        *_processed(task, now),
+    )
+    return _on_attempt(task, values, tallies), _evolve(task, values)
 
 
 def retry_or_fail(
@@ -96,7 +114,7 @@ def retry_or_fail(
         "deadline_at": None,
         "next_attempt_at": now + int(delay * 1000),
     }
-    return _on_attempt(task, values), _evolve(task, values)
+    return _on_attempt(task, values, _attempt_ended(task, now, code.value)), _evolve(task, values)
 
 
 def acknowledge(task: Task, *, progress: float | None, now: int) -> tuple[TaskUpdate, Task]:
@@ -120,6 +138,7 @@ def expire_in_queue(task: Task, *, now: int) -> TaskUpdate:
         },
         expect_status=(TaskStatus.WAITING,),
         expect_attempt=task.attempt,
+        tallies=(Tally(Event.FAILED, now, task.model, code=ErrorCode.NO_CAPACITY_DEADLINE.value),),
     )
 
 
@@ -130,13 +149,21 @@ def cancel(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
         "updated_at": now,
         "deadline_at": None,
     }
+    tallies = [Tally(Event.CANCELLED, now, task.model)]
     if task.status is TaskStatus.PROCESSING:
         values |= _close(task, now=now, error="cancelled", code=None)
-    update = TaskUpdate(task.id, values, expect_status=OPEN, expect_attempt=task.attempt)
+        tallies += _attempt_ended(task, now, CANCELLED)
+    update = TaskUpdate(
+        task.id,
+        values,
+        expect_status=OPEN,
+        expect_attempt=task.attempt,
+        tallies=tuple(tallies),
+    )
     return update, _evolve(task, values)
 
 
-def _on_attempt(task: Task, values: dict[str, Any]) -> TaskUpdate:
+def _on_attempt(task: Task, values: dict[str, Any], tallies: tuple[Tally, ...] = ()) -> TaskUpdate:
     """Condition an update on the task still running this very attempt on this server."""
     return TaskUpdate(
         task.id,
@@ -144,7 +171,24 @@ def _on_attempt(task: Task, values: dict[str, Any]) -> TaskUpdate:
         expect_status=RUNNING,
         expect_attempt=task.attempt,
         expect_server=task.server_id,
+        tallies=tallies,
     )
+
+
+def _attempt_ended(task: Task, now: int, outcome: str) -> tuple[Tally, ...]:
+    """The tally of the running attempt ending now with `outcome`, if one is running."""
+    current = task.attempts[-1] if task.attempts else None
+    if current is None or current.number != task.attempt or current.ended_at is not None:
+        return ()
+    ms = now - current.started_at
+    return (Tally(Event.ATTEMPT, now, task.model, current.server_id, outcome, ms),)
+
+
+def _processed(task: Task, now: int) -> tuple[Tally, ...]:
+    """The processing time of a task ending now: from its first start, if it started."""
+    if task.started_at is None:
+        return ()
+    return (Tally(Event.PROCESSING, now, task.model, ms=now - task.started_at),)
 
 
 def _close(

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from taskyard.domain.models import Node, Server, Task, TaskStatus
+from taskyard.domain.tallies import Event, Tally, TallySum
 
 # ---- storage ------------------------------------------------------------------------------
 
@@ -33,6 +34,36 @@ class TaskUpdate:
     expect_status: Collection[TaskStatus] | None = None
     expect_attempt: int | None = None
     expect_server: str | None = None
+    # What the change counts for the statistics; recorded with it, only if it matched.
+    tallies: tuple[Tally, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """A search of stored tasks, newest first (`created_at`, then `id`, descending).
+
+    Every given filter must hold; `statuses` matches any of them. `before` is the keyset
+    cursor: only tasks that sort after it (older) are returned.
+    """
+
+    limit: int
+    statuses: Collection[TaskStatus] = ()
+    model: str | None = None
+    server_id: str | None = None
+    owner: str | None = None
+    error_code: str | None = None
+    created_after: int | None = None  # epoch ms, exclusive
+    created_before: int | None = None  # epoch ms, exclusive
+    before: tuple[int, str] | None = None  # (created_at, id) of the last task already seen
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQueue:
+    """WAITING tasks of one model: all of them, and those due now (not in retry backoff)."""
+
+    model: str
+    waiting: int
+    due: int
 
 
 WaitingReader = Callable[[int, Collection[str] | None], list[Task]]
@@ -51,7 +82,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # tasks
-    async def add_task(self, task: Task) -> None: ...
+    async def add_task(self, task: Task) -> None:
+        """Store a new task; it counts as `created` in the tallies."""
+        ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
@@ -92,6 +125,43 @@ class Store(Protocol):
 
     async def count_tasks(self) -> dict[str, int]:
         """Tasks per status (statuses with none are left out)."""
+        ...
+
+    async def search_tasks(self, query: TaskQuery) -> list[Task]:
+        """Up to `query.limit` tasks matching it, newest first. Summaries: their `request`
+        is `{}` and their `result` None (a page of large results would be huge)."""
+        ...
+
+    async def queue_by_model(self, *, now: int) -> list[ModelQueue]:
+        """WAITING tasks per model, by model."""
+        ...
+
+    async def processing_by_model(self) -> dict[str, int]:
+        """PROCESSING tasks per model."""
+        ...
+
+    async def queue_position(self, task: Task, *, limit: int) -> int:
+        """How many WAITING tasks of the task's model come before it in claim order,
+        counted up to `limit`."""
+        ...
+
+    # statistics: per-minute rollups of the tallies (domain/tallies.py)
+    async def tally_sums(
+        self,
+        *,
+        since: int,
+        events: Collection[Event],
+        group_by: Collection[str],
+        period_ms: int = 60_000,
+        server_id: str | None = None,
+    ) -> list[TallySum]:
+        """Tallies of `events` from the minutes starting at or after `since`, summed over
+        every node and grouped by the `group_by` fields of `TallySum` (`period` groups by
+        `period_ms`-long periods); only those of `server_id` when given."""
+        ...
+
+    async def prune_tallies(self, *, before: int) -> int:
+        """Delete rollups of the minutes before `before`; return how many rows."""
         ...
 
     # servers

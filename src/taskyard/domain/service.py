@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from taskyard import auth, errors
-from taskyard.domain import lifecycle, registry
+from taskyard.domain import lifecycle, registry, waiting
 from taskyard.domain.chores import Chores
 from taskyard.domain.cluster import Membership
 from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
@@ -39,14 +40,17 @@ from taskyard.domain.ports import (
     ClusterHandlers,
     LocalBus,
     Store,
+    TaskQuery,
     TaskUpdate,
     TokenIssuer,
 )
+from taskyard.domain.stats import Stats
 
 log = logging.getLogger(__name__)
 
 WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often...
 WAIT_FALLBACK_LISTENING_S = 5.0  # ...or this often while other nodes' notices arrive
+SERVED_MODELS_TTL_S = 1.0  # a create's "no server serves this model" check reuses a list
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,9 @@ class Coordinator:
             membership=self.membership,
         )
         self.chores = Chores(self)
+        self.stats = Stats(store)
         self._loops: list[asyncio.Task[None]] = []
+        self._servers_seen: tuple[float, list[Server]] | None = None  # (monotonic, servers)
 
     @staticmethod
     def new_node_id() -> str:
@@ -183,6 +189,42 @@ class Coordinator:
         self.bus.work()
         return task
 
+    async def create_warnings(self, task: Task) -> list[str]:
+        """What the creator of `task` should know: no registered server serves its model
+        (the task is kept: servers may register later). Judged from a list of servers at
+        most `SERVED_MODELS_TTL_S` old, so that creates do not each read every server."""
+        if waiting.unserved_models([task.model], await self._recent_servers()):
+            return [
+                f"no registered server serves model {task.model!r}: the task waits until one"
+                " registers (check the model name)"
+            ]
+        return []
+
+    async def _recent_servers(self) -> list[Server]:
+        seen = self._servers_seen
+        if seen is None or time.monotonic() - seen[0] > SERVED_MODELS_TTL_S:
+            seen = (time.monotonic(), await self.store.list_servers())
+            self._servers_seen = seen
+        return seen[1]
+
+    async def why_waiting(self, task: Task) -> waiting.Waiting | None:
+        """Why a WAITING task has not started yet (None for other states)."""
+        if task.status is not TaskStatus.WAITING:
+            return None
+        reason = waiting.why_waiting(task, await self.store.list_servers(), now=now_ms())
+        if waiting.needs_position(reason):
+            position = await self.store.queue_position(task, limit=waiting.POSITION_LIMIT)
+            reason = dataclasses.replace(reason, position=position)
+        return reason
+
+    async def search_tasks(self, query: TaskQuery, *, principal: auth.Principal) -> list[Task]:
+        """A page of tasks, newest first: a user's own only, anyone's for an admin."""
+        if not principal.is_admin:
+            if query.owner is not None and query.owner != principal.sub:
+                raise errors.Forbidden("Only an admin may search another owner's tasks")
+            query = dataclasses.replace(query, owner=principal.sub)
+        return await self.store.search_tasks(query)
+
     async def get_task(self, task_id: str, *, principal: auth.Principal) -> Task:
         """A task as its owner or an admin (or its backend) may see it; others get 404."""
         task = await self.store.get_task(task_id)
@@ -246,6 +288,7 @@ class Coordinator:
             reg, now=now_ms(), interval_s=self.config.health.interval_min_s
         )
         await self.store.put_server(server)
+        self._servers_seen = None
         log.info(
             "server %s registered: %s",
             server.id,
@@ -310,6 +353,7 @@ class Coordinator:
         """Delete servers, stop checking them and re-queue the tasks they were running.
         `level`: how the removal is logged (an admin's deletion is no cause for alarm)."""
         removed = await self.store.delete_servers(server_ids)
+        self._servers_seen = None
         for server_id in removed:
             self.health.forget(server_id)
             log.log(
@@ -389,11 +433,8 @@ def _apply_report(task: Task, report: Report, *, now: int) -> tuple[TaskUpdate, 
         update, updated = lifecycle.acknowledge(task, progress=report.progress, now=now)
     if task.status is TaskStatus.WAITING:
         # Only an admin gets here: it may settle a task that is not running.
-        update = TaskUpdate(
-            update.task_id,
-            update.values,
-            expect_status=(TaskStatus.WAITING,),
-            expect_attempt=task.attempt,
+        update = dataclasses.replace(
+            update, expect_status=(TaskStatus.WAITING,), expect_server=None
         )
     return update, updated
 

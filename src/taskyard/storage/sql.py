@@ -14,7 +14,9 @@ from sqlalchemy import (
     Row,
     Select,
     Update,
+    and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -34,8 +36,10 @@ from taskyard.domain.models import (
     Task,
     TaskStatus,
 )
-from taskyard.domain.ports import ClaimPlan, TaskUpdate
+from taskyard.domain.ports import ClaimPlan, ModelQueue, TaskQuery, TaskUpdate
+from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 from taskyard.jsonsafe import storable_text
+from taskyard.storage import rollups
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import (
     DEFAULT_POOL_SIZE,
@@ -58,14 +62,27 @@ def _dumps(value: Any) -> str:
 class SqlStore:
     """The `Store` in SQL. Reads run directly; writes go through group commit."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, *, node_id: str = "") -> None:
         self.runner = runner
-        self.writes = GroupCommitter(runner.transaction)
+        self.node_id = node_id  # whose rollup rows this store's tallies go to
+        self.writes = GroupCommitter(self._transaction)
         self.is_postgres = runner.dialect == "postgresql"
+        self._upsert_rollups = rollups.upsert_statement(runner.dialect)
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> SqlStore:
-        return cls(open_runner(url, pool_size=pool_size))
+    def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, node_id: str = "") -> SqlStore:
+        return cls(open_runner(url, pool_size=pool_size), node_id=node_id)
+
+    async def _transaction(self, ops: list[Any]) -> list[Any]:
+        """Run `ops` in one transaction, and with them the rollups of the tallies their
+        matched updates recorded (`rollups.record`)."""
+        results = await self.runner.transaction([rollups.begin, *ops, self._write_rollups])
+        return results[1:-1]
+
+    def _write_rollups(self, conn: Connection) -> None:
+        rows = rollups.pending_rows(conn, node_id=self.node_id)
+        if rows:
+            conn.execute(self._upsert_rollups, rows)
 
     async def close(self) -> None:
         await self.writes.close()
@@ -77,15 +94,21 @@ class SqlStore:
     # ---- tasks -------------------------------------------------------------------------
 
     async def add_task(self, task: Task) -> None:
-        row = _task_row(task)
-        await self.writes.run(lambda conn: conn.execute(insert(tasks), row))
+        await self.add_tasks([task])
 
     async def add_tasks(self, batch: Iterable[Task]) -> None:
-        """Insert many tasks in one transaction: a backlog for benchmarks and tests, stored
-        exactly as `add_task` stores each."""
-        rows = [_task_row(task) for task in batch]
-        if rows:
-            await self.writes.run(lambda conn: conn.execute(insert(tasks), rows))
+        """Insert many tasks in one transaction, each counted as created."""
+        stored = list(batch)
+        if not stored:
+            return
+        rows = [_task_row(task) for task in stored]
+        created = [Tally(Event.CREATED, task.created_at, task.model) for task in stored]
+
+        def op(conn: Connection) -> None:
+            conn.execute(insert(tasks), rows)
+            rollups.record(conn, created)
+
+        await self.writes.run(op)
 
     async def get_task(self, task_id: str) -> Task | None:
         if not storable_text(task_id):
@@ -118,7 +141,7 @@ class SqlStore:
 
             return [_apply(conn, update) for update in plan(servers, waiting)]
 
-        won: list[bool] = (await self.runner.transaction([op]))[0]
+        won: list[bool] = (await self._transaction([op]))[0]
         return won
 
     async def has_due_tasks(self, *, now: int) -> bool:
@@ -172,10 +195,68 @@ class SqlStore:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
         return await self.runner.read(lambda conn: {r[0]: r[1] for r in conn.execute(query)})
 
+    async def search_tasks(self, query: TaskQuery) -> list[Task]:
+        return await self.runner.read(
+            lambda conn: [_task_from_row(row) for row in conn.execute(_search_query(query))]
+        )
+
+    async def queue_by_model(self, *, now: int) -> list[ModelQueue]:
+        due = func.sum(case((tasks.c.next_attempt_at <= now, 1), else_=0))
+        query = (
+            select(tasks.c.model, func.count(), due)
+            .where(IS_WAITING)
+            .group_by(tasks.c.model)
+            .order_by(tasks.c.model)
+        )
+        return await self.runner.read(
+            lambda conn: [ModelQueue(m, int(n), int(d or 0)) for m, n, d in conn.execute(query)]
+        )
+
+    async def processing_by_model(self) -> dict[str, int]:
+        query = select(tasks.c.model, func.count()).where(IS_PROCESSING).group_by(tasks.c.model)
+        return await self.runner.read(lambda conn: {m: int(n) for m, n in conn.execute(query)})
+
+    async def queue_position(self, task: Task, *, limit: int) -> int:
+        ahead = (
+            select(tasks.c.id)
+            .where(IS_WAITING, tasks.c.model == task.model, _ahead_of(task))
+            .limit(limit)
+            .subquery()
+        )
+        query = select(func.count()).select_from(ahead)
+        return int(await self.runner.read(lambda conn: conn.execute(query).scalar() or 0))
+
     async def _tasks(self, query: Any) -> list[Task]:
         return await self.runner.read(
             lambda conn: [_task_from_row(row) for row in conn.execute(query)]
         )
+
+    # ---- statistics --------------------------------------------------------------------
+
+    async def tally_sums(
+        self,
+        *,
+        since: int,
+        events: Collection[Event],
+        group_by: Collection[str],
+        period_ms: int = 60_000,
+        server_id: str | None = None,
+    ) -> list[TallySum]:
+        unknown = set(group_by) - GROUPABLE
+        if unknown:
+            raise ValueError(f"tallies cannot be grouped by {sorted(unknown)}")
+        query = rollups.sums_query(
+            since=since,
+            events=[e.value for e in events],
+            group_by=sorted(group_by),
+            period_ms=period_ms,
+            server_id=server_id,
+        )
+        return await self.runner.read(lambda conn: [_tally_sum(row) for row in conn.execute(query)])
+
+    async def prune_tallies(self, *, before: int) -> int:
+        stmt = rollups.prune_statement(before)
+        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount)
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -342,6 +423,53 @@ def _waiting_query(now: int, limit: int, models: Collection[str] | None) -> Sele
     return query
 
 
+_SUMMARY_COLUMNS = [c for c in tasks.c if c.name not in ("request", "result")]
+
+
+def _search_query(query: TaskQuery) -> Select[Any]:
+    """A search page, newest first: it walks ix_tasks_created (or ix_tasks_owner_created
+    for one owner) backwards from the cursor and stops after `limit` matches."""
+    stmt = (
+        select(*_SUMMARY_COLUMNS)
+        .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+        .limit(query.limit)
+    )
+    if query.statuses:
+        stmt = stmt.where(tasks.c.status.in_([s.value for s in query.statuses]))
+    for column, value in (
+        (tasks.c.model, query.model),
+        (tasks.c.server_id, query.server_id),
+        (tasks.c.owner, query.owner),
+        (tasks.c.error_code, query.error_code),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.created_after is not None:
+        stmt = stmt.where(tasks.c.created_at > query.created_after)
+    if query.created_before is not None:
+        stmt = stmt.where(tasks.c.created_at < query.created_before)
+    if query.before is not None:
+        created_at, task_id = query.before
+        stmt = stmt.where(
+            or_(
+                tasks.c.created_at < created_at,
+                and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
+            )
+        )
+    return stmt
+
+
+def _ahead_of(task: Task) -> Any:
+    """Tasks before `task` in claim order: higher priority, or older, or the same with a
+    smaller id (the order of ix_tasks_waiting)."""
+    c = tasks.c
+    return or_(
+        c.priority > task.priority,
+        and_(c.priority == task.priority, c.created_at < task.created_at),
+        and_(c.priority == task.priority, c.created_at == task.created_at, c.id < task.id),
+    )
+
+
 def _claim_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
     """`_waiting_query` as a claim reads it: rows another writer holds are skipped, not awaited
     (PostgreSQL; SQLite has one writer and no row locks)."""
@@ -389,7 +517,10 @@ def _apply(conn: Connection, change: TaskUpdate) -> bool:
     params |= {f"w_s{i}": status for i, status in enumerate(statuses)}
     params |= {"w_id": change.task_id, "w_attempt": change.expect_attempt}
     params["w_server"] = change.expect_server
-    return conn.execute(stmt, params).rowcount > 0
+    matched: bool = conn.execute(stmt, params).rowcount > 0
+    if matched and change.tallies:
+        rollups.record(conn, change.tallies)
+    return matched
 
 
 @functools.lru_cache(maxsize=128)
@@ -427,12 +558,25 @@ def _task_row(task: Task) -> dict[str, Any]:
 
 
 def _task_from_row(row: Row[Any]) -> Task:
-    fields = {name: getattr(row, name) for name in _TASK_FIELDS}
-    fields["request"] = orjson.loads(row.request)
+    """A task from its row; a summary row (no request or result column) gives `{}` and
+    None for those."""
+    mapping = row._mapping
+    fields: dict[str, Any] = {name: mapping.get(name) for name in _TASK_FIELDS}
+    request, result = mapping.get("request"), mapping.get("result")
+    fields["request"] = orjson.loads(request) if request is not None else {}
     fields["status"] = TaskStatus(row.status)
-    fields["result"] = orjson.loads(row.result) if row.result is not None else None
+    fields["result"] = orjson.loads(result) if result is not None else None
     fields["attempts"] = tuple(AttemptRecord.from_json(a) for a in orjson.loads(row.attempts))
     return Task(**fields)
+
+
+def _tally_sum(row: Row[Any]) -> TallySum:
+    fields = row._asdict()
+    # PostgreSQL's SUM of a bigint is a numeric (Decimal); a period may be too.
+    for name in ("count", "total_ms", "period", "bucket"):
+        if name in fields:
+            fields[name] = int(fields[name] or 0)
+    return TallySum(**fields)
 
 
 def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ tasks = Table(
     # In-flight counts per server, and re-queueing a removed server's tasks.
     Index("ix_tasks_server", "server_id", "status"),
     Index("ix_tasks_finished", "finished_at"),
+    # Search (`GET /api/tasks`), newest first: everyone's tasks, and one owner's.
+    Index("ix_tasks_created", "created_at", "id"),
+    Index("ix_tasks_owner_created", "owner", "created_at", "id"),
 )
 
 
@@ -153,4 +156,22 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(64), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+)
+
+# Per-minute rollups of the statistics' tallies (domain/tallies.py), one row per minute, node
+# and group. Each node writes only its own rows, so nodes never wait on each other's counters;
+# reads sum over nodes. Empty strings, not NULLs, stand for "not applicable" so that the
+# primary key (which the upserts conflict on) covers every row. Kept for a day and an hour.
+stat_rollups = Table(
+    "stat_rollups",
+    metadata,
+    Column("minute", BigInteger, primary_key=True),  # epoch ms of the minute's start
+    Column("node_id", String(64), primary_key=True),
+    Column("event", String(16), primary_key=True),
+    Column("model", String(256), primary_key=True),
+    Column("server_id", ID, primary_key=True),
+    Column("code", String(64), primary_key=True),
+    Column("bucket", Integer, primary_key=True),  # histogram bucket, -1 for plain counts
+    Column("count", BigInteger, nullable=False),
+    Column("total_ms", BigInteger, nullable=False),
 )

@@ -48,7 +48,8 @@ async def create_task(
     task = await coordinator.create_task(
         owner=principal.sub, request=body.model_dump(), options=options
     )
-    return JsonResponse(present.task_out(task))
+    warnings = await coordinator.create_warnings(task)
+    return JsonResponse(present.task_out(task, warnings=warnings))
 
 
 @router.get("/{task_id}", response_model=TaskOut, responses=_NOT_FOUND)
@@ -65,12 +66,13 @@ async def get_task(
         ),
     ] = 0,
 ) -> JsonResponse:
-    """Read a task (its owner or an admin); with `wait`, answer once it is final (long poll)."""
+    """Read a task (its owner or an admin); with `wait`, answer once it is final (long poll).
+    A WAITING task says why it waits (`taskDetails.waiting`)."""
     if wait > 0:
         task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
     else:
         task = await coordinator.get_task(task_id, principal=principal)
-    return JsonResponse(present.task_out(task))
+    return JsonResponse(present.task_out(task, waiting=await coordinator.why_waiting(task)))
 
 
 @router.put(
