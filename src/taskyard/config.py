@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32  # characters; HS256 wants at least 256 bits of key
+MIN_METRICS_TOKEN_LENGTH = 16
 DEV_SECRET_FILE = Path(".taskyard-dev-secret")
 
 
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     jwt_secret: str = ""
     db_pool_size: int = Field(20, ge=1, le=1000)  # PostgreSQL connections per node
     log_format: Literal["text", "json"] = "text"  # json: one object per line (logs.py)
+    # A static bearer token for Prometheus scrapes of /metrics (admin JWTs work too); empty =
+    # admin tokens only. A secret: never logged.
+    metrics_token: str = Field("", repr=False)
 
     # Health monitoring (SPEC §4), seconds.
     health_timeout_s: float = Field(5.0, gt=0)
@@ -76,6 +80,10 @@ class Settings(BaseSettings):
             # A node renews its record every chores interval; a shorter timeout would declare
             # live nodes dead between two renewals.
             raise ValueError("TASKYARD_NODE_TIMEOUT_S must be at least twice _CHORES_INTERVAL_S")
+        if self.metrics_token and len(self.metrics_token) < MIN_METRICS_TOKEN_LENGTH:
+            raise InsecureConfig(
+                f"TASKYARD_METRICS_TOKEN needs at least {MIN_METRICS_TOKEN_LENGTH} characters"
+            )
         if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
             raise InsecureConfig(
                 f"production needs TASKYARD_JWT_SECRET of at least {MIN_SECRET_LENGTH} characters"

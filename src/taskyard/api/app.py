@@ -14,7 +14,7 @@ from taskyard import __version__, logs
 from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
-from taskyard.api.routes import nodes, probes, search, servers, stats, tasks
+from taskyard.api.routes import dashboard, metrics, nodes, probes, search, servers, stats, tasks
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
 from taskyard.auth import JwtIssuer, TokenVerifier
 from taskyard.backends import AiohttpBackendClient
@@ -22,6 +22,7 @@ from taskyard.config import Settings
 from taskyard.domain.dispatcher import DispatchPolicy
 from taskyard.domain.health import HealthPolicy
 from taskyard.domain.service import Coordinator, CoordinatorConfig
+from taskyard.metrics import PrometheusObserver
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.notify import open_bus
 from taskyard.storage.sql import SqlStore
@@ -76,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
             settings.database_url, pool_size=settings.db_pool_size, node_id=node_id
         )
         logs.set_node_id(node_id)
+        observer = PrometheusObserver(node_id)
+        app.state.metrics = observer
         client = AiohttpBackendClient(
             max_response_bytes=settings.max_backend_response_bytes, node_id=node_id
         )
@@ -86,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
             tokens=JwtIssuer(settings.jwt_secret),
             config=coordinator_config(settings, node_id),
             bus=open_bus(settings.database_url, node_id=node_id, send=store.notify),
+            observer=observer,
         )
         app.state.coordinator = coordinator
         await coordinator.start()
@@ -107,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.token_verifier = TokenVerifier(settings.jwt_secret)
+    app.state.metrics_token = settings.metrics_token
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)
@@ -114,6 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stats.router)
     app.include_router(servers.router)
     app.include_router(nodes.router)
+    app.include_router(dashboard.router)
+    app.include_router(metrics.router)
     app.add_middleware(JsonBodies)
     app.add_middleware(
         BodyLimit,

@@ -25,6 +25,7 @@ class Chores(Wakeable):
         super().__init__()
         self.c = coordinator
         self.host = socket.gethostname()
+        self.holds_lease = False  # whether this node did the cluster chores last round
 
     async def run(self) -> None:
         await self.repeat("chores", self.step)
@@ -37,9 +38,10 @@ class Chores(Wakeable):
         if c.membership.update(live):
             c.health.resync_soon(spread=True)  # health checks are handed over
         # The lease lapses with its holder: a node unseen for node_timeout_s is dead.
-        if await c.store.acquire_lease(
+        self.holds_lease = await c.store.acquire_lease(
             CHORES_LEASE, holder=c.node_id, now=now, ttl_ms=self.node_timeout_ms
-        ):
+        )
+        if self.holds_lease:
             dead = [n.id for n in nodes if n.id not in live]
             await self.recover_lost_nodes(dead)
             await self.remove_offline_servers(now)

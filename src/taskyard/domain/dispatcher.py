@@ -126,8 +126,9 @@ class Dispatcher(Wakeable):
             return False  # the common idle case: one indexed probe, no server list
         claim = _Claim(self, now)
         won = await self.store.claim_tasks(now=now, plan=claim.plan)
-        for ok, (_, task), server in zip(won, claim.starts, claim.servers, strict=True):
+        for ok, (update, task), server in zip(won, claim.starts, claim.servers, strict=True):
             if ok:
+                self.observer.tallied(update.tallies)
                 self._spawn(self._send(task, server))
         return claim.full_batch and any(won)
 
@@ -138,8 +139,10 @@ class Dispatcher(Wakeable):
         """
         won = await self.store.update_tasks(updates)
         for update, ok in zip(updates, won, strict=True):
-            if ok and update.values.get("status") == TaskStatus.FAILED:
-                _log_failed(update)
+            if ok:
+                self.observer.tallied(update.tallies)
+                if update.values.get("status") == TaskStatus.FAILED:
+                    _log_failed(update)
         if any(won):
             # Waiters (GET ?wait=) only care about final states.
             self.events.changed(

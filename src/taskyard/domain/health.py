@@ -212,6 +212,7 @@ class HealthMonitor(Wakeable):
             self.forget(server_id)
             return
         reply = await self._probe(server.health_url)
+        self.observer.health_checked(server_id, healthy=reply.healthy)
         now = now_ms()
         values = next_state(server, reply, now=now, policy=self.policy)
         values["checked_by"] = self.membership.node_id

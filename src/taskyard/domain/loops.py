@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from taskyard.domain.ports import NullObserver, Observer
+
 log = logging.getLogger(__name__)
 
 FAILURE_REPORT_S = 60.0  # a loop that keeps failing is reported again this often
@@ -67,6 +69,7 @@ class Wakeable:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.failure_pause_s = 1.0  # after a failed iteration
+        self.observer: Observer = NullObserver()  # told how each iteration ended
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,7 +103,9 @@ class Wakeable:
                 raise
             except Exception:
                 failures.failed()
+                self.observer.loop_ran(name, ok=False)
                 pause = self.failure_pause_s
             else:
                 failures.succeeded()
+                self.observer.loop_ran(name, ok=True)
             await self.sleep(pause)

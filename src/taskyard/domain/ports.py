@@ -192,6 +192,38 @@ class Store(Protocol):
     async def release_leases(self, *, holder: str) -> None: ...
 
 
+# ---- what this node saw (metrics) ----------------------------------------------------------
+
+
+class Observer(Protocol):
+    """Told what this node did, as it happens: the per-node counters of `/metrics`.
+
+    The statistics in the database count the same tallies for the whole cluster; this is the
+    per-process view Prometheus scrapes and sums. Calls must be quick and never raise.
+    """
+
+    def tallied(self, tallies: Iterable[Tally]) -> None:
+        """State changes this node committed (only those that matched)."""
+        ...
+
+    def health_checked(self, server_id: str, *, healthy: bool) -> None: ...
+
+    def loop_ran(self, loop: str, *, ok: bool) -> None:
+        """One iteration of a background loop ended, well or with an error."""
+        ...
+
+
+class NullObserver:
+    def tallied(self, tallies: Iterable[Tally]) -> None:
+        pass
+
+    def health_checked(self, server_id: str, *, healthy: bool) -> None:
+        pass
+
+    def loop_ran(self, loop: str, *, ok: bool) -> None:
+        pass
+
+
 # ---- tokens --------------------------------------------------------------------------------
 
 

@@ -39,12 +39,15 @@ from taskyard.domain.ports import (
     ClusterBus,
     ClusterHandlers,
     LocalBus,
+    NullObserver,
+    Observer,
     Store,
     TaskQuery,
     TaskUpdate,
     TokenIssuer,
 )
 from taskyard.domain.stats import Stats
+from taskyard.domain.tallies import Event, Tally
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,10 @@ class Coordinator:
         tokens: TokenIssuer,
         config: CoordinatorConfig,
         bus: ClusterBus | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer: Observer = observer or NullObserver()
         self.tokens = tokens
         self.bus: ClusterBus = bus or LocalBus()
         self.config = config
@@ -118,6 +123,8 @@ class Coordinator:
             membership=self.membership,
         )
         self.chores = Chores(self)
+        for loop in (self.dispatcher, self.health, self.chores):
+            loop.observer = self.observer
         self.stats = Stats(store)
         self._loops: list[asyncio.Task[None]] = []
         self._servers_seen: tuple[float, list[Server]] | None = None  # (monotonic, servers)
@@ -185,6 +192,7 @@ class Coordinator:
             ),
         )
         await self.store.add_task(task)
+        self.observer.tallied([Tally(Event.CREATED, now, task.model)])
         self.dispatcher.wake()
         self.bus.work()
         return task
