@@ -91,7 +91,8 @@ def test_overview_counts_queue_and_charts(tab: Tab, yard: Yard) -> None:
 
 def test_server_going_offline_shows_with_its_reason(tab: Tab, yard: Yard) -> None:
     """With the Servers page open, a backend that stops answering turns offline in the table,
-    with the failed health check as the reason, without reloading the page."""
+    with the failed health check as the reason, without reloading the page. (gpu-b stays
+    down for the tests after this one.)"""
     tab.open("#/servers")
     tab.sign_in(yard.admin_token)
     page = tab.page
@@ -102,10 +103,9 @@ def test_server_going_offline_shows_with_its_reason(tab: Tab, yard: Yard) -> Non
 
     yard.flaky.stop()
     expect(row).to_have_attribute("data-state", "offline")
-    reason = row.locator(".reason")
-    expect(reason).to_have_text(re.compile(r"\S"))
-    expect(reason).not_to_have_text("not checked yet")
-    assert (yard.node.server("gpu-b") or {})["health"]["lastError"] == reason.inner_text()
+    last_error = (yard.node.server("gpu-b") or {})["health"]["lastError"]
+    assert last_error and "health check" in last_error
+    expect(row.locator(".reason")).to_have_text(last_error)  # the reason is the failed check
     expect(row.locator(".badge")).to_have_text("offline")
     expect(page.locator("tr[data-server-id='gpu-a']")).to_have_attribute("data-state", "online")
     tab.screenshot("servers-one-offline")
@@ -167,6 +167,8 @@ def test_paging_follows_next_cursor_and_goes_back(tab: Tab, yard: Yard) -> None:
         expect(page.locator("#page-info")).to_contain_text(f"Page {number}")
         expect(rows).to_have_count(size)
         pages.append(ids())
+        if number == 1:
+            tab.screenshot("tasks-page-1")
         if number < 3:
             page.click("#next-page")
     expect(page.locator("#next-page")).to_be_disabled()
@@ -192,4 +194,5 @@ def test_waiting_task_says_why(tab: Tab, yard: Yard) -> None:
     waiting = page.locator("#view .notice.warn")
     expect(waiting).to_contain_text("No server serves this model")
     expect(waiting).to_contain_text(UNSERVED_MODEL)
+    tab.screenshot("task-waiting")
     tab.assert_no_errors()

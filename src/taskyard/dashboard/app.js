@@ -125,7 +125,10 @@ function route() {
   }
   const current = parseRoute();
   for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("active", a.dataset.page === current.page);
+    const here = a.dataset.page === current.page;
+    a.classList.toggle("active", here);
+    if (here) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
   }
   stopRefresh();
   state.generation++;

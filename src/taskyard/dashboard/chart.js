@@ -8,14 +8,20 @@ import { h, s } from "./dom.js";
 const WIDTH = 1000;
 const MARGIN = { top: 12, right: 24, bottom: 26, left: 52 };
 
-/** A "nice" axis maximum at or above `value`: 1, 2, 2.5 or 5 times a power of ten. */
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (value <= step * power) return step * power;
+const TICKS = 4; // gridlines above zero
+
+/** A "nice" axis maximum at or above `value`: TICKS times a round step (1, 2, 2.5, 3, 4 or 5
+ * times a power of ten; whole steps only for `integer` data such as counts). */
+function niceMax(value, integer) {
+  if (!(value > 0)) return integer ? TICKS : 1;
+  const raw = value / TICKS;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 2.5, 3, 4, 5, 10]) {
+    const step = m * power;
+    if (integer && !Number.isInteger(step)) continue;
+    if (step >= raw) return step * TICKS;
   }
-  return 10 * power;
+  return 10 * power * TICKS;
 }
 
 /**
@@ -37,7 +43,8 @@ export function timeChart({ points, series, width = WIDTH, height = 200, yMax, y
     top = Math.max(top, bars.reduce((sum, b) => sum + (Number(p[b.key]) || 0), 0));
     for (const l of lines) if (p[l.key] !== null && p[l.key] !== undefined) top = Math.max(top, Number(p[l.key]));
   }
-  const max = yMax ?? niceMax(top);
+  const integer = points.every((p) => series.every((x) => p[x.key] === null || p[x.key] === undefined || Number.isInteger(Number(p[x.key]))));
+  const max = yMax ?? niceMax(top, integer);
   const y = (v) => MARGIN.top + plotH - (Math.min(v, max) / max) * plotH;
   const xCenter = (i) => MARGIN.left + slot * i + slot / 2;
 
@@ -49,9 +56,8 @@ export function timeChart({ points, series, width = WIDTH, height = 200, yMax, y
   });
 
   // grid and y axis labels
-  const ticks = 4;
-  for (let i = 0; i <= ticks; i++) {
-    const value = (max * i) / ticks;
+  for (let i = 0; i <= TICKS; i++) {
+    const value = (max * i) / TICKS;
     const gy = y(value);
     svg.append(
       s("line", { class: i === 0 ? "axis" : "gridline", x1: MARGIN.left, x2: width - MARGIN.right, y1: gy, y2: gy }),

@@ -5,6 +5,7 @@ import { at, badge, between, card, clock, facts, h, hashWithQuery, jsonBlock, li
 import { outcome } from "./servers.js";
 
 const STATUSES = ["WAITING", "PROCESSING", "FINISHED", "FAILED", "CANCELLED"];
+const FINAL = new Set(["FINISHED", "FAILED", "CANCELLED"]);
 const TEXT_FILTERS = [
   ["model", "model", "e.g. upscaler"],
   ["server_id", "server id", "e.g. gpu-1"],
@@ -338,7 +339,7 @@ function renderTask(t) {
       "div",
       { class: "grid grid-2" },
       card("Request", jsonBlock(t.request)),
-      card("Result", t.result === null || t.result === undefined ? h("p", { class: "muted" }, "No result (yet).") : jsonBlock(t.result)),
+      card("Result", t.result === null || t.result === undefined ? h("p", { class: "muted" }, FINAL.has(t.status) ? "No result." : "No result yet.") : jsonBlock(t.result)),
     ),
   );
   return out;
