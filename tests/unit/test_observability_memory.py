@@ -251,3 +251,32 @@ async def test_search_filters_and_keeps_users_apart(
         TaskQuery(limit=100, statuses=(TaskStatus.FAILED, TaskStatus.FINISHED)), principal=ADMIN
     )
     assert [t.id for t in by_status] == [failed.id]
+
+
+async def test_recent_attempts_follow_tasks_that_moved_on(
+    yard: Coordinator, backend: ScriptedBackend
+) -> None:
+    """A server's recent attempts include those of tasks that no longer name it: retried on
+    another server, or waiting again after failing there (a retry clears `server_id`)."""
+    backend.always[await register(yard, "s1", weight=2.0)] = RETRYABLE  # s1 is picked first
+    await register(yard, "s2")
+    moved = await create(yard)
+    await one_pass(yard)  # fails on s1
+    waiting = await read(yard, moved)
+    assert waiting.status is TaskStatus.WAITING and waiting.server_id is None
+    [(task_id, attempt)] = [(r.task_id, r.attempt) for r in await yard.stats.recent_attempts("s1")]
+    assert (task_id, attempt.number, attempt.error_code) == (moved.id, 1, "backend_error")
+    await one_pass(yard)  # finishes on s2
+    assert (await read(yard, moved)).server_id == "s2"
+    on_s1 = await yard.stats.recent_attempts("s1")
+    on_s2 = await yard.stats.recent_attempts("s2")
+    assert [(r.task_id, r.attempt.number) for r in on_s1] == [(moved.id, 1)]
+    assert [(r.task_id, r.attempt.number) for r in on_s2] == [(moved.id, 2)]
+    # Newest first across tasks, by when the attempt started; at most `limit`.
+    later = await create(yard)
+    await one_pass(yard, now_ms() + 1_000)  # fails on s1 (not tried yet), waits
+    await one_pass(yard, now_ms() + 2_000)  # finishes on s2, started after moved's
+    on_s2 = await yard.stats.recent_attempts("s2")
+    assert [r.task_id for r in on_s2] == [later.id, moved.id]
+    assert [r.task_id for r in await yard.stats.recent_attempts("s2", limit=1)] == [later.id]
+    assert await yard.stats.recent_attempts("nowhere") == []

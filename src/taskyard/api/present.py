@@ -196,7 +196,7 @@ def hourly_out(hours: list[stats.HourCounts]) -> dict[str, Any]:
     }
 
 
-def server_stats_out(s: stats.ServerStats, recent: list[Task]) -> dict[str, Any]:
+def server_stats_out(s: stats.ServerStats, recent: list[stats.RecentAttempt]) -> dict[str, Any]:
     server = s.server
     return {
         "serverId": server.id,
@@ -213,15 +213,13 @@ def server_stats_out(s: stats.ServerStats, recent: list[Task]) -> dict[str, Any]
         "checkedBy": server.checked_by,
         "recentAttempts": [
             {
-                "taskId": task.id,
-                "attempt": a.number,
-                "startedAt": a.started_at,
-                "endedAt": a.ended_at,
-                "errorCode": a.error_code,
-                "error": a.error,
+                "taskId": r.task_id,
+                "attempt": r.attempt.number,
+                "startedAt": r.attempt.started_at,
+                "endedAt": r.attempt.ended_at,
+                "errorCode": r.attempt.error_code,
+                "error": r.attempt.error,
             }
-            for task in recent
-            for a in reversed(task.attempts)
-            if a.server_id == server.id
-        ][:50],
+            for r in recent
+        ],
     }

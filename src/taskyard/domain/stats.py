@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from taskyard.domain.models import Server, ServerStatus, TaskStatus
-from taskyard.domain.ports import ModelQueue, Store
+from taskyard.domain.models import AttemptRecord, Server, ServerStatus, TaskStatus
+from taskyard.domain.ports import ModelQueue, Store, TaskQuery
 from taskyard.domain.tallies import (
     HOUR_MS,
     MINUTE_MS,
@@ -32,6 +32,9 @@ LATENCY_WINDOW_MIN = 15
 ATTEMPTS_WINDOW_MIN = 60
 HOURS = 24
 RETENTION_MS = (HOURS + 1) * HOUR_MS  # rollups older than this are pruned
+RECENT_ATTEMPTS = 50  # a server's recent attempts, at most
+RECENT_OWN_TASKS = 20  # ...found among the newest tasks it holds or ended...
+RECENT_ANY_TASKS = 200  # ...and among the newest tasks of any server (see recent_attempts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,12 @@ class ServerStats:
     latency: Percentiles = Percentiles(None, None, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class RecentAttempt:
+    task_id: str
+    attempt: AttemptRecord
+
+
 class Stats:
     """Reads the statistics from a `Store`."""
 
@@ -208,6 +217,26 @@ class Stats:
             failures=dict(sorted(failures.items())),
             latency=Percentiles.of([item for item in sums if item.code == OK]),
         )
+
+    async def recent_attempts(
+        self, server_id: str, *, limit: int = RECENT_ATTEMPTS
+    ) -> list[RecentAttempt]:
+        """The server's newest attempts, newest first. A task's `server_id` names only the
+        server of its last attempt, and a retry clears it: a task that failed here and then
+        waits in its backoff, or ran again elsewhere, no longer names this server. So its
+        attempts are looked for among the newest tasks that name it and among the newest
+        tasks of any server."""
+        own = await self.store.search_tasks(TaskQuery(limit=RECENT_OWN_TASKS, server_id=server_id))
+        newest = await self.store.search_tasks(TaskQuery(limit=RECENT_ANY_TASKS))
+        tasks = {task.id: task for task in (*own, *newest)}
+        found = [
+            RecentAttempt(task.id, attempt)
+            for task in tasks.values()
+            for attempt in task.attempts
+            if attempt.server_id == server_id
+        ]
+        found.sort(key=lambda r: (r.attempt.started_at, r.task_id, r.attempt.number), reverse=True)
+        return found[:limit]
 
 
 def _minute(ms: int) -> int:

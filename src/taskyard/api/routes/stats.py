@@ -13,11 +13,9 @@ from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import ID_PATTERN
 from taskyard.api.stats_schemas import HourlyOut, ServerStatsOut, StatsOut
 from taskyard.domain.models import now_ms
-from taskyard.domain.ports import TaskQuery
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
-RECENT_TASKS = 20
 _ERRORS = documented(e403="Not an admin")
 
 
@@ -50,7 +48,5 @@ async def server_stats(
     percentiles of its results, in-flight, state and last error, and its recent attempts."""
     server = await coordinator.get_server(server_id)
     stats = await coordinator.stats.server(server, now=now_ms(), window_min=window_min)
-    recent = await coordinator.store.search_tasks(
-        TaskQuery(limit=RECENT_TASKS, server_id=server_id)
-    )
+    recent = await coordinator.stats.recent_attempts(server_id)
     return JsonResponse(present.server_stats_out(stats, recent))
