@@ -48,5 +48,11 @@ bench-scale: .venv/.synced
 bench-backlog: .venv/.synced
 	$(VENV)/python benchmarks/backlog.py $(ARGS)
 
+# search and stats latency with 1,000 and 200,000 tasks stored (sqlite, postgresql), and
+# end-to-end throughput with the statistics' bookkeeping vs before it (9a93166)
+.PHONY: bench-observe
+bench-observe: .venv/.synced
+	$(VENV)/python benchmarks/observe.py $(ARGS)
+
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

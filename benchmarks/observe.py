@@ -1,0 +1,923 @@
+"""What the observability of issue 8 costs: search and stats latency with a small and a large
+table, and end-to-end throughput with the statistics' bookkeeping versus without it.
+
+Two parts, one run, one table:
+
+* **(a) read latency.** For each table size (``--sizes``, 1,000 and 200,000 stored tasks) a
+  child process running the measured code makes the tasks once, created over the last 24
+  hours, each taken through its life by the domain's own state changes (``domain/lifecycle``:
+  start, retry, finish, fail, cancel), and stores them, oldest first, into a fresh database
+  of each kind (a SQLite file in the temp dir, a PostgreSQL database dropped afterwards),
+  migrated first: ``--batch``-sized transactions through ``SqlStore.add_tasks`` (which tallies
+  them as created), then the tallies of their lives, into the rollups as a node would have
+  written them. The mix: 85 % FINISHED,
+  9 % FAILED (with an ``errorCode``), 3 % CANCELLED, 3 % WAITING (the newest) and 32 PROCESSING
+  (every slot of the two servers busy, so that nothing moves while it is measured); 4 models,
+  20 owners, both skewed. Then the database is settled (PostgreSQL: VACUUM ANALYZE, as
+  autovacuum would soon; SQLite: a WAL checkpoint), one ``taskyard serve`` starts on it, the
+  two servers (mock backends) are registered, and each request below is made ``--requests``
+  times, one at a time (after 20 unmeasured ones), or for ``--time-cap`` seconds, whichever
+  ends first:
+
+  - ``GET /api/tasks?limit=50``: the first page, no filter;
+  - ``GET /api/tasks?status=FAILED&model=<commonest>&limit=50``: a filtered first page;
+  - ``GET /api/tasks?limit=50&cursor=…``: a deep page, half the table newer than its cursor
+    (made with the server's own ``encode_cursor``);
+  - ``GET /api/tasks?owner=<an owner>&status=FAILED&limit=50``: one owner's failures;
+  - ``GET /api/tasks?model=no-such-model&limit=50``: a filter nothing matches (a typo);
+  - ``GET /api/stats`` and ``GET /api/stats/hourly``.
+
+  The last column divides a request's p50 by its p50 with the smallest table.
+
+* **(b) end to end.** ``run.py``'s taskyard row (``make bench``: ``--tasks`` tasks, ``--clients``
+  concurrent clients submitting ``POST /api/task`` and long-polling ``?wait=30``, 4 mock
+  backends x capacity 16, 10 ms of work, 100 warm-up tasks, one node on a fresh SQLite file),
+  against the code without the bookkeeping (``--before``, 9a93166) and with it (``--after``),
+  in ``--rounds`` rounds that alternate which goes first. It prints each side's median
+  throughput and latency, and the ratio after/before of the throughput and of the node's CPU
+  per task (the steadier of the two on a shared machine).
+
+By default "after" is this checkout's ``src/`` as it is (uncommitted changes included, named
+``+changes`` in the table), as for every other benchmark; part (a) runs it too. A commit given
+to ``--before`` or ``--after`` (``--after b957f24``: exactly the bookkeeping) is extracted with
+``git archive`` into the temp dir (nothing is checked out in the repository, no worktree is
+left behind) and run with ``PYTHONPATH=<tree>/src`` on this venv's Python.
+
+Run from the repository root::
+
+    make bench-observe                                   # sqlite and postgresql, ~4 minutes
+    make bench-observe ARGS="--databases sqlite --sizes 1000,1000000"
+    make bench-observe ARGS="--rounds 4 --tasks 5000"
+    .venv/bin/python benchmarks/observe.py --help
+
+Processes, databases and tokens come from ``benchmarks/fleet.py``; the end-to-end clients
+from ``benchmarks/load.py`` and ``benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import run as e2e
+from benchmarks.fleet import (
+    DEFAULT_POSTGRES_URL,
+    Child,
+    Children,
+    admin_headers,
+    clean_env,
+    free_port,
+    fresh_database,
+    postgres_server_url,
+    postgres_unreachable,
+    register_backends,
+    run_in_workdir,
+    start_coordinator,
+    taskyard_cmd,
+    wait_ready,
+)
+from benchmarks.load import Poller, Sample, percentile, task_request, taskyard_request
+
+REPO = Path(__file__).resolve().parent.parent
+DATABASES = ("sqlite", "postgresql")
+BEFORE_BOOKKEEPING = "9a93166"  # the parent of b957f24, which added the tallies and rollups
+
+# ---- the stored tasks -------------------------------------------------------------------
+
+MODELS = {"llama-3-70b": 0.5, "sdxl": 0.25, "whisper-large": 0.15, "bge-embed": 0.10}
+# Median seconds of one attempt, per model (log-normal around it).
+WORK_S = {"llama-3-70b": 2.0, "sdxl": 4.0, "whisper-large": 1.0, "bge-embed": 0.1}
+OWNERS = {f"team-{i:02d}": 1 / (i + 1) for i in range(20)}  # Zipf-like: team-00 busiest
+FINAL_MIX = {"FINISHED": 0.85, "FAILED": 0.09, "CANCELLED": 0.03}  # the rest waits
+WAITING_SHARE = 0.03  # the newest tasks, created in the last 10 minutes
+SERVERS = ("b0", "b1")  # registered after the fill, every slot taken by the PROCESSING tasks
+CAPACITY = 16
+# How FAILED tasks failed; timeouts and backend errors are retried up to max_attempts.
+FAILURES = {
+    "timeout": 0.35,
+    "backend_error": 0.30,
+    "backend_rejected": 0.15,
+    "backend_failed": 0.15,
+    "response_too_large": 0.05,
+}
+RETRIED = frozenset({"timeout", "backend_error"})
+MAX_ATTEMPTS = 3
+TIMEOUT_S = 300.0
+DAY_MS = 24 * 3600 * 1000
+WARMUP_REQUESTS = 20  # per request kind, unmeasured
+COMMONEST_MODEL = max(MODELS, key=MODELS.__getitem__)
+AN_OWNER = "team-03"
+
+
+def pick(rng: random.Random, weights: dict[str, float]) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def simulate(
+    rng: random.Random, index: int, status: str, created: int, server: str | None = None
+) -> tuple[Any, list[Any]]:
+    """One task taken from its create to `status` by the domain's own state changes, from
+    `created` on (its attempts on `server`, else on random ones); returns the task as stored
+    and the tallies its changes recorded. The child process runs this, with the measured
+    tree's `taskyard`."""
+    from taskyard.domain import lifecycle
+    from taskyard.domain.models import ErrorCode, Task, TaskStatus
+
+    model, owner = pick(rng, MODELS), pick(rng, OWNERS)
+    request = task_request(index) | {"model": model}
+    task = Task(
+        id=str(uuid.uuid4()),
+        owner=owner,
+        model=model,
+        request=request,
+        status=TaskStatus.WAITING,
+        priority=0,
+        attempt=0,
+        max_attempts=MAX_ATTEMPTS,
+        timeout_s=TIMEOUT_S,
+        created_at=created,
+        updated_at=created,
+    )
+    tallies: list[Any] = []
+    clock = created
+    if status == "WAITING":
+        return task, tallies
+    if status == "CANCELLED" and rng.random() < 0.7:  # most cancels come before a start
+        update, task = lifecycle.cancel(task, now=clock + int(rng.expovariate(1 / 30_000)))
+        return task, [*update.tallies]
+
+    def start(task: Any, clock: int) -> tuple[Any, int]:
+        clock = max(clock, task.next_attempt_at) + int(rng.expovariate(1 / 400))  # queue wait
+        update, task = lifecycle.start_attempt(
+            task,
+            server_id=server or rng.choice(SERVERS),
+            node_id="bench-fill",
+            callback_url="http://127.0.0.1:1/api/task",
+            now=clock,
+        )
+        tallies.extend(update.tallies)
+        return task, clock
+
+    def work_ms() -> int:
+        return max(1, int(WORK_S[model] * 1000 * rng.lognormvariate(0, 0.5)))
+
+    task, clock = start(task, clock)
+    if status == "PROCESSING":
+        return task, tallies
+    if status == "CANCELLED":
+        update, task = lifecycle.cancel(task, now=clock + work_ms() // 2)
+        return task, [*tallies, *update.tallies]
+    code = pick(rng, FAILURES) if status == "FAILED" else None
+    if status == "FINISHED" and rng.random() < 0.05:  # a backend error, then a retry
+        clock += work_ms() // 4
+        update, task = lifecycle.retry_or_fail(
+            task,
+            error="HTTP 503",
+            code=ErrorCode.BACKEND_ERROR,
+            now=clock,
+            rng=rng,
+            retry_base_s=1,
+            retry_max_s=60,
+        )
+        tallies.extend(update.tallies)
+        task, clock = start(task, clock)
+    if status == "FINISHED":
+        clock += work_ms()
+        update, task = lifecycle.finish(task, result={"output": f"result {index}"}, now=clock)
+        return task, [*tallies, *update.tallies]
+    assert code is not None
+    while True:
+        clock += int(TIMEOUT_S * 1000) if code == "timeout" else work_ms() // 3
+        if code in RETRIED:
+            update, task = lifecycle.retry_or_fail(
+                task,
+                error=code,
+                code=ErrorCode(code),
+                now=clock,
+                rng=rng,
+                retry_base_s=1,
+                retry_max_s=60,
+            )
+        else:
+            update, task = lifecycle.fail(task, error=code, code=ErrorCode(code), now=clock)
+        tallies.extend(update.tallies)
+        if task.status is TaskStatus.FAILED:
+            return task, tallies
+        task, clock = start(task, clock)
+
+
+def statuses_for(count: int) -> list[str]:
+    """The status of each of `count` tasks: len(SERVERS) x CAPACITY PROCESSING, WAITING_SHARE
+    WAITING, the rest final in FINAL_MIX's proportions."""
+    processing = min(count, len(SERVERS) * CAPACITY)
+    waiting = min(count - processing, round(count * WAITING_SHARE))
+    final = count - processing - waiting
+    rng = random.Random(count)
+    chosen = rng.choices(list(FINAL_MIX), weights=list(FINAL_MIX.values()), k=final)
+    return chosen + ["WAITING"] * waiting + ["PROCESSING"] * processing
+
+
+def make_tasks(count: int, *, now: int, seed: int) -> list[tuple[Any, list[Any]]]:
+    """`count` tasks, oldest first, each with the tallies its life recorded."""
+    rng = random.Random(seed)
+    made: list[tuple[Any, list[Any]]] = []
+    processing = 0
+    for index, status in enumerate(statuses_for(count)):
+        server = None
+        if status == "PROCESSING":  # exactly CAPACITY on each server: no free slot
+            server = SERVERS[processing % len(SERVERS)]
+            processing += 1
+        if status == "WAITING":
+            created = now - int(rng.random() * 600_000)
+        elif status == "PROCESSING":
+            created = now - int(rng.random() * 120_000)
+        else:
+            created = now - int(rng.random() * DAY_MS)
+        while True:
+            task, tallies = simulate(rng, index, status, created, server)
+            end = max([task.updated_at, *(t.at for t in tallies)])
+            if end <= now:
+                break
+            created -= end - now + 1000  # its life ran past now: start it earlier
+        if status == "PROCESSING":  # keep its slot for the whole run: no deadline sweep
+            task = dataclasses.replace(task, deadline_at=now + 3600_000)
+        made.append((task, tallies))
+    made.sort(key=lambda item: (item[0].created_at, item[0].id))  # as clients created them
+    return made
+
+
+async def fill(urls: Sequence[str], count: int, *, batch: int, seed: int) -> dict[str, Any]:
+    """Make `count` tasks with their tallies once; for each empty database in `urls`: migrate
+    it, store them, settle it. Describe what was stored and how durable a commit is."""
+    from taskyard.api.routes.search import encode_cursor
+    from taskyard.domain.models import now_ms
+
+    started = time.perf_counter()
+    made = make_tasks(count, now=now_ms(), seed=seed)
+    newest_first = sorted((task for task, _ in made), key=lambda t: (t.created_at, t.id))[::-1]
+    described: dict[str, Any] = {
+        "make_s": round(time.perf_counter() - started, 1),
+        "deep_cursor": encode_cursor(newest_first[len(newest_first) // 2]),
+    }
+    for url in urls:
+        described[url] = await store_tasks(url, made, batch=batch)
+    return described
+
+
+async def store_tasks(url: str, made: list[tuple[Any, list[Any]]], *, batch: int) -> dict[str, Any]:
+    from taskyard.storage import rollups
+    from taskyard.storage.migrate import upgrade
+    from taskyard.storage.sql import SqlStore
+    from taskyard.storage.tables import stat_rollups
+
+    started = time.perf_counter()
+    await upgrade(url)
+    store = SqlStore.open(url)
+    try:
+        for first in range(0, len(made), batch):
+            part = made[first : first + batch]
+            # add_tasks tallies them as created; the rest of their lives' tallies follow.
+            lives = [tally for _, tallies in part for tally in tallies]
+            await store.add_tasks([task for task, _ in part])
+            await store.writes.run(lambda conn, lives=lives: rollups.record(conn, lives))
+        # What autovacuum would do soon after such an insert, done before the node measures
+        # rather than while it does.
+        statement = "VACUUM ANALYZE" if store.is_postgres else "PRAGMA wal_checkpoint(TRUNCATE)"
+        await store.runner.read(lambda conn: conn.exec_driver_sql(statement).close())
+        durability = await store.runner.read(lambda conn: _durability(conn, store.is_postgres))
+        rollup_rows = await store.runner.read(
+            lambda conn: conn.exec_driver_sql(f"SELECT count(*) FROM {stat_rollups.name}").scalar()
+        )
+        by_status = await store.count_tasks()
+    finally:
+        await store.close()
+    return {
+        "durability": durability,
+        "by_status": dict(sorted(by_status.items())),
+        "rollup_rows": int(rollup_rows or 0),
+        "fill_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _durability(conn: Any, is_postgres: bool) -> str:
+    """How durable a commit is, as the node's own connections are set up."""
+    if is_postgres:
+        version = conn.exec_driver_sql("SHOW server_version").scalar().split()[0]
+        sync = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        fsync = conn.exec_driver_sql("SHOW fsync").scalar()
+        return f"postgresql {version}, synchronous_commit={sync}, fsync={fsync}"
+    journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+    names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+    return f"sqlite {journal.upper()}, synchronous={names.get(int(level), level)}"
+
+
+def fill_child(argv: Sequence[str]) -> int:
+    """`observe.py _fill COUNT BATCH SEED URL...`: fill, print the description as JSON."""
+    count, batch, seed, urls = int(argv[0]), int(argv[1]), int(argv[2]), argv[3:]
+    print(json.dumps(asyncio.run(fill(urls, count, batch=batch, seed=seed))))
+    return 0
+
+
+# ---- the code trees ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A version of taskyard: a commit extracted into the temp dir, or this checkout."""
+
+    label: str
+    ref: str
+    sha: str
+    src: Path | None  # None: this checkout's src/, as it is
+    dirty: bool = False  # this checkout's src/ differs from its HEAD
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(self.src)} if self.src else {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.sha[:7]}" + ("+changes" if self.dirty else "")
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def extract(label: str, ref: str, workdir: Path) -> Tree:
+    """`ref`'s src/ in `workdir/<label>` (git archive: the repository is left as it is)."""
+    if ref == ".":
+        dirty = bool(git("status", "--porcelain", "--", "src"))
+        sha = git("rev-parse", "HEAD")
+        if dirty:
+            print(f"{label}: this checkout's src/ has uncommitted changes", file=sys.stderr)
+        return Tree(label, ref, sha, None, dirty)
+    sha = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    dest = workdir / label
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", sha, "src"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return Tree(label, ref, sha, dest / "src")
+
+
+def start_backend(children: Children, tree: Tree, server_id: str, *, delay_ms: float) -> Child:
+    port = free_port()
+    args = ["mock-backend", "--port", str(port), "--server-id", server_id]
+    args += ["--delay-ms", str(delay_ms)]
+    return children.spawn(
+        f"mock-{server_id}", taskyard_cmd(*args), port=port, env=clean_env(**tree.env)
+    )
+
+
+async def describe_sqlite(tree: Tree, workdir: Path) -> str:
+    """The durability of a fresh SQLite file as `tree`'s store opens it."""
+    path = workdir / f"describe-{tree.label}.db"
+    code = (
+        "import asyncio, sys\n"
+        "from taskyard.storage.sql import SqlStore\n"
+        "async def main():\n"
+        "    store = SqlStore.open(sys.argv[1])\n"
+        "    rows = await store.runner.read(lambda c: (\n"
+        "        c.exec_driver_sql('PRAGMA journal_mode').scalar(),\n"
+        "        c.exec_driver_sql('PRAGMA synchronous').scalar()))\n"
+        "    await store.close()\n"
+        "    print(rows[0], rows[1])\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, f"sqlite:///{path}"],
+        env=clean_env(**tree.env),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    names = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
+    return f"sqlite {out[0].upper()}, synchronous={names.get(out[1], out[1])}"
+
+
+# ---- options ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    databases: tuple[str, ...]
+    sizes: tuple[int, ...]
+    requests: int
+    time_cap_s: float
+    batch: int
+    rounds: int
+    e2e_args: tuple[str, ...]
+    before: str
+    after: str
+    postgres_url: str
+    keep: bool
+    skip_e2e: bool
+    skip_reads: bool
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Search and stats latency with a small and a large table; end-to-end"
+        " throughput with the statistics' bookkeeping versus before it."
+    )
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="for the read latencies, comma-separated (sqlite,postgresql)",
+    )
+    parser.add_argument(
+        "--sizes", default="1000,200000", help="stored tasks, comma-separated (1000,200000)"
+    )
+    parser.add_argument("--requests", type=int, default=300, help="per request kind (300)")
+    parser.add_argument(
+        "--time-cap", type=float, default=5.0, help="at most this many seconds per kind (5)"
+    )
+    parser.add_argument("--batch", type=int, default=10_000, help="tasks per insert (10000)")
+    parser.add_argument("--rounds", type=int, default=2, help="end-to-end rounds per side (2)")
+    parser.add_argument("--tasks", type=int, default=2000, help="end-to-end tasks per row (2000)")
+    parser.add_argument("--clients", type=int, default=64, help="end-to-end clients (64)")
+    parser.add_argument(
+        "--before",
+        default=BEFORE_BOOKKEEPING,
+        help=f"commit without the bookkeeping ({BEFORE_BOOKKEEPING})",
+    )
+    parser.add_argument(
+        "--after",
+        default=".",
+        help="commit with it; '.' (the default) = this checkout's src/ as it is",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=postgres_server_url(),
+        help="PostgreSQL server for fresh databases (env TASKYARD_TEST_POSTGRES_URL,"
+        f" else {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument("--no-e2e", action="store_true", help="skip part (b)")
+    parser.add_argument("--no-reads", action="store_true", help="skip part (a)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
+    ns = parser.parse_args(argv)
+    databases = tuple(d.strip() for d in ns.databases.split(",") if d.strip())
+    if not databases or any(d not in DATABASES for d in databases):
+        parser.error(f"--databases: choose from {', '.join(DATABASES)}")
+    try:
+        sizes = tuple(sorted({int(n) for n in ns.sizes.split(",") if n.strip()}))
+    except ValueError:
+        parser.error("--sizes: comma-separated task counts")
+    if not sizes or sizes[0] < 100:
+        parser.error("--sizes: at least 100 tasks each")
+    if ns.requests < 1 or ns.rounds < 1 or ns.batch < 1 or ns.tasks < 1 or ns.clients < 1:
+        parser.error("--requests, --rounds, --batch, --tasks and --clients must be at least 1")
+    return Options(
+        databases=databases,
+        sizes=sizes,
+        requests=ns.requests,
+        time_cap_s=ns.time_cap,
+        batch=ns.batch,
+        rounds=ns.rounds,
+        e2e_args=("--tasks", str(ns.tasks), "--clients", str(ns.clients)),
+        before=ns.before,
+        after=ns.after,
+        postgres_url=ns.postgres_url,
+        keep=ns.keep,
+        skip_e2e=ns.no_e2e,
+        skip_reads=ns.no_reads,
+    )
+
+
+# ---- (a) read latency -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    path: str
+    params: dict[str, str]
+
+
+def probes(deep_cursor: str) -> list[Probe]:
+    page = {"limit": "50"}
+    return [
+        Probe("tasks: first page", "/api/tasks", page),
+        Probe(
+            f"tasks: status=FAILED&model={COMMONEST_MODEL}",
+            "/api/tasks",
+            page | {"status": "FAILED", "model": COMMONEST_MODEL},
+        ),
+        Probe("tasks: deep page (cursor at 1/2)", "/api/tasks", page | {"cursor": deep_cursor}),
+        Probe(
+            f"tasks: owner={AN_OWNER}&status=FAILED",
+            "/api/tasks",
+            page | {"owner": AN_OWNER, "status": "FAILED"},
+        ),
+        Probe("tasks: model=no-such-model (0 hits)", "/api/tasks", page | {"model": "no-such"}),
+        Probe("stats", "/api/stats", {}),
+        Probe("stats/hourly", "/api/stats/hourly", {}),
+    ]
+
+
+@dataclass
+class Latency:
+    database: str
+    durability: str
+    size: int
+    probe: str
+    samples_ms: list[float]
+    hits: int  # tasks on the page (search), -1 for the stats
+
+    def p(self, q: float) -> float:
+        return percentile(self.samples_ms, q)
+
+
+async def time_probe(
+    session: aiohttp.ClientSession, base: str, probe: Probe, opts: Options
+) -> tuple[list[float], int]:
+    headers = admin_headers()
+    url = base + probe.path
+    hits = -1
+
+    async def once() -> float:
+        nonlocal hits
+        started = time.perf_counter()
+        async with session.get(url, params=probe.params, headers=headers) as resp:
+            body = await resp.read()
+            elapsed = time.perf_counter() - started
+            if resp.status != 200:
+                raise RuntimeError(f"{probe.name}: HTTP {resp.status}: {body[:300]!r}")
+        if probe.path == "/api/tasks":
+            hits = len(json.loads(body)["tasks"])
+        return elapsed * 1000
+
+    for _ in range(WARMUP_REQUESTS):
+        await once()
+    samples: list[float] = []
+    deadline = time.perf_counter() + opts.time_cap_s
+    while len(samples) < opts.requests and (not samples or time.perf_counter() < deadline):
+        samples.append(await once())
+    return samples, hits
+
+
+async def fill_databases(
+    tree: Tree, urls: Sequence[str], size: int, opts: Options
+) -> dict[str, Any]:
+    args = [sys.executable, str(Path(__file__).resolve()), "_fill", str(size), str(opts.batch)]
+    args += [str(size), *urls]  # the size seeds the tasks: the same ones in every database
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=clean_env(**tree.env), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"filling {size:,} tasks failed (exit {proc.returncode})")
+    described: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return described
+
+
+async def read_latencies(
+    session: aiohttp.ClientSession,
+    children: Children,
+    backends: Sequence[Child],
+    tree: Tree,
+    workdir: Path,
+    opts: Options,
+) -> list[Latency]:
+    found: list[Latency] = []
+    for size in opts.sizes:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = {
+                database: await stack.enter_async_context(
+                    fresh_database(
+                        database,
+                        postgres_url=opts.postgres_url,
+                        sqlite_path=workdir / f"reads-{database}-{size}.db",
+                    )
+                )
+                for database in opts.databases
+            }
+            described = await fill_databases(tree, list(urls.values()), size, opts)
+            print(f"{size:,} tasks made in {described['make_s']} s", file=sys.stderr)
+            for database, url in urls.items():
+                stored = described[url]
+                print(
+                    f"  {database}: stored in {stored['fill_s']} s; {stored['by_status']};"
+                    f" {stored['rollup_rows']:,} rollup rows",
+                    file=sys.stderr,
+                )
+            for database, url in urls.items():
+                found += await measure_reads(
+                    session,
+                    children,
+                    backends,
+                    tree,
+                    url=url,
+                    name=f"reads-{database}-{size}",
+                    database=database,
+                    size=size,
+                    durability=described[url]["durability"],
+                    deep_cursor=described["deep_cursor"],
+                    opts=opts,
+                )
+    found.sort(key=lambda r: opts.databases.index(r.database))  # stable: sizes stay in order
+    return found
+
+
+async def measure_reads(
+    session: aiohttp.ClientSession,
+    children: Children,
+    backends: Sequence[Child],
+    tree: Tree,
+    *,
+    url: str,
+    name: str,
+    database: str,
+    size: int,
+    durability: str,
+    deep_cursor: str,
+    opts: Options,
+) -> list[Latency]:
+    """Start a node on the filled database, register the servers, time every probe."""
+    found = []
+    node = start_coordinator(children, url, name=name, node_id=name, env=tree.env)
+    try:
+        await wait_ready(session, node, "/")
+        await register_backends(
+            session,
+            node.url,
+            admin_headers(),
+            backends[: len(SERVERS)],
+            capacity=CAPACITY,
+            is_async=False,
+        )
+        for probe in probes(deep_cursor):
+            samples, hits = await time_probe(session, node.url, probe, opts)
+            found.append(Latency(database, durability, size, probe.name, samples, hits))
+            print(
+                f"  {name} {probe.name}: p50 {found[-1].p(50):.1f} ms over {len(samples)}",
+                file=sys.stderr,
+            )
+    finally:
+        children.stop(node)
+    return found
+
+
+# ---- (b) end to end ---------------------------------------------------------------------
+
+
+@dataclass
+class E2ERow:
+    tree: Tree
+    round: int
+    row: e2e.Row
+
+    @property
+    def throughput(self) -> float:
+        return self.row.result.throughput
+
+    @property
+    def cpu_ms_per_task(self) -> float:
+        return (self.row.nodes_cpu_s or math.nan) / max(1, self.row.result.tasks) * 1000
+
+
+async def e2e_row(
+    session: aiohttp.ClientSession,
+    children: Children,
+    backends: Sequence[Child],
+    tree: Tree,
+    *,
+    url: str,
+    name: str,
+    e2e_opts: e2e.Options,
+) -> e2e.Row:
+    """run.py's taskyard row, one node, on `tree`'s code."""
+    node = start_coordinator(children, url, name=name, node_id=name, env=tree.env)
+    try:
+        await wait_ready(session, node, "/")
+        headers = admin_headers()
+        await register_backends(
+            session, node.url, headers, backends, capacity=e2e_opts.capacity, is_async=False
+        )
+        poller = Poller(session, e2e_opts.poll_ms / 1000, e2e_opts.task_timeout_s, e2e_opts.wait_s)
+
+        async def one(i: int) -> Sample:
+            return await taskyard_request(poller, node.url, headers, i)
+
+        row = await e2e.measure(name, e2e_opts, backends, one, [node])
+    finally:
+        children.stop(node)
+    lines = node.log_tail(10**6).splitlines()
+    row.node_logs += [f"{node.name}: {line}" for line in lines if e2e.PROBLEM.search(line)]
+    return row
+
+
+async def end_to_end(
+    session: aiohttp.ClientSession,
+    children: Children,
+    backends: Sequence[Child],
+    trees: Sequence[Tree],
+    workdir: Path,
+    opts: Options,
+    e2e_opts: e2e.Options,
+) -> list[E2ERow]:
+    rows: list[E2ERow] = []
+    for number in range(1, opts.rounds + 1):
+        order = trees if number % 2 else list(reversed(trees))  # alternate who goes first
+        for tree in order:
+            name = f"e2e-{tree.label}-round{number}"
+            async with fresh_database(
+                "sqlite", postgres_url=opts.postgres_url, sqlite_path=workdir / f"{name}.db"
+            ) as url:
+                row = await e2e_row(
+                    session, children, backends, tree, url=url, name=name, e2e_opts=e2e_opts
+                )
+            rows.append(E2ERow(tree, number, row))
+            print(
+                f"{name}: {row.result.throughput:.1f} tasks/s,"
+                f" {rows[-1].cpu_ms_per_task:.2f} CPU ms/task,"
+                f" {dict(row.result.statuses)}",
+                file=sys.stderr,
+            )
+    return rows
+
+
+# ---- the run ----------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    after: Tree
+    before: Tree
+    reads: list[Latency] = field(default_factory=list)
+    e2e: list[E2ERow] = field(default_factory=list)
+    e2e_durability: dict[str, str] = field(default_factory=dict)  # by tree label
+
+
+async def bench(opts: Options, e2e_opts: e2e.Options, children: Children, workdir: Path) -> Results:
+    after = extract("after", opts.after, workdir)
+    before = extract("before", opts.before, workdir)
+    results = Results(after, before)
+    backends = [
+        start_backend(children, after, f"b{i}", delay_ms=e2e_opts.delay_ms)
+        for i in range(e2e_opts.backends)
+    ]
+    timeout = aiohttp.ClientTimeout(total=120)
+    connector = aiohttp.TCPConnector(limit=e2e_opts.clients + 16)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for backend in backends:
+            await wait_ready(session, backend, "/health")
+        if not opts.skip_reads:
+            results.reads = await read_latencies(session, children, backends, after, workdir, opts)
+        if not opts.skip_e2e:
+            for tree in (before, after):
+                results.e2e_durability[tree.label] = await describe_sqlite(tree, workdir)
+            results.e2e = await end_to_end(
+                session, children, backends, [before, after], workdir, opts, e2e_opts
+            )
+    return results
+
+
+def format_table(results: Results, opts: Options, e2e_opts: e2e.Options) -> str:
+    header = ["part", "database (durability)", "code", "tasks", "measured", "n"]
+    header += ["p50 ms", "p99 ms", "tasks/s", "CPU ms/task", "ratio"]
+    lines = [header]
+    smallest = opts.sizes[0]
+    base = {(r.database, r.probe): r.p(50) for r in results.reads if r.size == smallest}
+    for r in results.reads:
+        hits = "" if r.hits < 0 else f" [{r.hits}]"
+        lines.append(
+            [
+                "a",
+                r.durability,
+                results.after.name,
+                f"{r.size:,}",
+                r.probe + hits,
+                str(len(r.samples_ms)),
+                f"{r.p(50):.1f}",
+                f"{r.p(99):.1f}",
+                "-",
+                "-",
+                f"{r.p(50) / base[(r.database, r.probe)]:.2f}",
+            ]
+        )
+    if results.e2e:
+        before_rate = statistics.median(
+            x.throughput for x in results.e2e if x.tree is results.before
+        )
+        for tree in (results.before, results.after):
+            mine = [x for x in results.e2e if x.tree is tree]
+            rate = statistics.median(x.throughput for x in mine)
+            lines.append(
+                [
+                    "b",
+                    results.e2e_durability[tree.label],
+                    tree.name,
+                    f"{e2e_opts.tasks:,}",
+                    f"submit -> FINISHED, {e2e_opts.clients} clients",
+                    str(len(mine)),
+                    f"{statistics.median(x.row.result.latency_ms(50) for x in mine):.1f}",
+                    f"{statistics.median(x.row.result.latency_ms(99) for x in mine):.1f}",
+                    f"{rate:.1f}",
+                    f"{statistics.median(x.cpu_ms_per_task for x in mine):.2f}",
+                    f"{rate / before_rate:.3f}",
+                ]
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    left = (0, 1, 2, 4)
+    text = [
+        "  ".join(
+            cell.ljust(widths[i]) if i in left else cell.rjust(widths[i])
+            for i, cell in enumerate(line)
+        )
+        for line in lines
+    ]
+    text.insert(1, "-" * len(text[0]))
+    return "\n".join(text)
+
+
+def print_report(results: Results, opts: Options, e2e_opts: e2e.Options) -> int:
+    print(
+        "\n(a) sequential requests, admin token, one node; p50/p99 over n requests (after"
+        f" {WARMUP_REQUESTS} unmeasured), [tasks on the page]; ratio = p50 / p50 with"
+        f" {opts.sizes[0]:,} tasks."
+        f"\n(b) run.py's taskyard row: {e2e_opts.backends} mock backends x capacity"
+        f" {e2e_opts.capacity}, delay {e2e_opts.delay_ms:g} ms, sync, long poll ?wait="
+        f"{e2e_opts.wait_s:g}, {e2e_opts.warmup} warm-up tasks; medians of n rounds that"
+        " alternate which side goes first; CPU = the node's, per task; ratio = throughput /"
+        " before's.\n"
+    )
+    print(format_table(results, opts, e2e_opts))
+    status = 0
+    if results.e2e:
+        print()
+        for x in results.e2e:
+            print(
+                f"  round {x.round} {x.tree.name}: {x.throughput:.1f} tasks/s, p50"
+                f" {x.row.result.latency_ms(50):.1f} ms, node CPU {x.cpu_ms_per_task:.2f} ms/task,"
+                f" {', '.join(f'{s} {n}' for s, n in sorted(x.row.result.statuses.items()))}"
+            )
+
+        def med(tree: Tree, attr: str) -> float:
+            return statistics.median(getattr(x, attr) for x in results.e2e if x.tree is tree)
+
+        thr = med(results.after, "throughput") / med(results.before, "throughput")
+        cpu = med(results.after, "cpu_ms_per_task") / med(results.before, "cpu_ms_per_task")
+        print(
+            f"\nbookkeeping cost ({results.after.name} vs {results.before.name}): throughput"
+            f" x{thr:.3f} ({(thr - 1) * 100:+.1f} %), node CPU per task x{cpu:.3f}"
+            f" ({(cpu - 1) * 100:+.1f} %)"
+        )
+        for x in results.e2e:
+            if x.row.node_logs:
+                print(f"\n{x.row.result.name}: {len(x.row.node_logs)} warnings/errors logged:")
+                print("\n".join(x.row.node_logs[:10]))
+        if not all(x.row.all_finished for x in results.e2e):
+            print("FAILED: not every end-to-end task is FINISHED", file=sys.stderr)
+            status = 1
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_fill"]:
+        return fill_child(argv[1:])
+    opts = parse_args(argv)
+    e2e_opts = e2e.parse_args(list(opts.e2e_args))
+    if not opts.skip_reads and "postgresql" in opts.databases:
+        problem = asyncio.run(postgres_unreachable(opts.postgres_url))
+        if problem:
+            print(f"{problem}; give --postgres-url, or --databases sqlite", file=sys.stderr)
+            return 2
+    started = time.monotonic()
+    results = run_in_workdir(
+        "taskyard-observe-", keep=opts.keep, bench=lambda c, w: bench(opts, e2e_opts, c, w)
+    )
+    if results is None:
+        return 130
+    status = print_report(results, opts, e2e_opts)
+    print(f"\n{time.monotonic() - started:.0f} s in all")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
