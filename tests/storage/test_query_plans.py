@@ -28,6 +28,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from taskyard.domain.models import Task, TaskStatus
+from taskyard.domain.ports import TaskQuery
 from taskyard.storage import sql
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
@@ -56,6 +57,7 @@ class Case:
     params: dict[str, Any] | None = None
     sweep: bool = False
     ordered: bool = True
+    starts_at_cursor: bool = False  # a keyset page: the index is entered at the cursor
 
 
 def cases() -> list[Case]:
@@ -83,6 +85,19 @@ def cases() -> list[Case]:
             sql._expired_attempts_query(NOW, LIMIT),
             "ix_tasks_attempt_deadline",
             sweep=True,
+        ),
+        # Search pages (GET /api/tasks), newest first; a deep page starts at its cursor.
+        Case("search, first page", sql._search_query(TaskQuery(limit=51)), "ix_tasks_created"),
+        Case(
+            "search, deep page",
+            sql._search_query(TaskQuery(limit=51, before=(NOW // 2, "t-50000"))),
+            "ix_tasks_created",
+            starts_at_cursor=True,
+        ),
+        Case(
+            "search, one owner",
+            sql._search_query(TaskQuery(limit=51, owner="alice", before=(NOW // 2, "t"))),
+            "ix_tasks_owner_created",
         ),
     ]
 
@@ -239,6 +254,8 @@ def sqlite_problems(details: list[str], case: Case) -> list[str]:
     problems = [f"sorts: {d!r}" for d in details if "TEMP B-TREE" in d]
     if not any(f"INDEX {case.index} " in f"{d} " for d in details):
         problems.append(f"does not use {case.index}")
+    if case.starts_at_cursor and not any(d.startswith("SEARCH") for d in details):
+        problems.append("scans up to the cursor instead of starting there")
     return problems
 
 

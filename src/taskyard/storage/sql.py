@@ -23,6 +23,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -449,13 +450,10 @@ def _search_query(query: TaskQuery) -> Select[Any]:
     if query.created_before is not None:
         stmt = stmt.where(tasks.c.created_at < query.created_before)
     if query.before is not None:
+        # A row-value comparison, which both databases turn into a range of the index (the
+        # same condition spelled with OR is a filter on every row before the cursor).
         created_at, task_id = query.before
-        stmt = stmt.where(
-            or_(
-                tasks.c.created_at < created_at,
-                and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
-            )
-        )
+        stmt = stmt.where(tuple_(tasks.c.created_at, tasks.c.id) < tuple_(created_at, task_id))
     return stmt
 
 
