@@ -194,10 +194,10 @@ class SqlStore:
 
     async def count_tasks(self) -> dict[str, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-        return await self.runner.read(lambda conn: {r[0]: r[1] for r in conn.execute(query)})
+        return await self.runner.scan(lambda conn: {r[0]: r[1] for r in conn.execute(query)})
 
     async def search_tasks(self, query: TaskQuery) -> list[Task]:
-        return await self.runner.read(
+        return await self.runner.scan(
             lambda conn: [_task_from_row(row) for row in conn.execute(_search_query(query))]
         )
 
@@ -209,7 +209,7 @@ class SqlStore:
             .group_by(tasks.c.model)
             .order_by(tasks.c.model)
         )
-        return await self.runner.read(
+        return await self.runner.scan(
             lambda conn: [ModelQueue(m, int(n), int(d or 0)) for m, n, d in conn.execute(query)]
         )
 
@@ -253,7 +253,7 @@ class SqlStore:
             period_ms=period_ms,
             server_id=server_id,
         )
-        return await self.runner.read(lambda conn: [_tally_sum(row) for row in conn.execute(query)])
+        return await self.runner.scan(lambda conn: [_tally_sum(row) for row in conn.execute(query)])
 
     async def prune_tallies(self, *, before: int) -> int:
         stmt = rollups.prune_statement(before)

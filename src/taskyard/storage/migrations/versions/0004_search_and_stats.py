@@ -41,6 +41,7 @@ def upgrade() -> None:
             "minute", "node_id", "event", "model", "server_id", "code", "bucket"
         ),
     )
+    op.create_index("ix_stat_rollups_event", "stat_rollups", ["event", "minute"])
 
 
 def downgrade() -> None:
