@@ -14,13 +14,16 @@ from tests.support import DATABASES, MockBackend, Taskyard, fresh_database
 
 
 @pytest.fixture(autouse=True)
-def _scrub_taskyard_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _scrub_taskyard_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests control configuration; the developer's TASKYARD_* variables must not leak in.
-    TASKYARD_TEST_* variables configure the tests themselves (e.g. `tests.pg`) and stay."""
+    TASKYARD_TEST_* variables configure the tests themselves (e.g. `tests.pg`) and stay. A
+    development secret, if a test needs one, goes to the test's own config directory, never
+    the developer's."""
     for name in [n for n in os.environ if n.startswith("TASKYARD_")]:
         if name.startswith("TASKYARD_TEST_"):
             continue
         monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 @pytest.fixture(params=DATABASES, ids=DATABASES)

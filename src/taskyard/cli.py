@@ -32,6 +32,13 @@ def _say_on_stderr(message: str) -> None:
 def _settings(
     overrides: dict[str, Any], *, complain: Callable[[str], None] = _say_on_stderr
 ) -> Settings:
+    return _configured(overrides, complain=complain)[0]
+
+
+def _configured(
+    overrides: dict[str, Any], *, complain: Callable[[str], None] = _say_on_stderr
+) -> tuple[Settings, str]:
+    """The settings, and in words which secret signs and checks tokens."""
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -40,8 +47,10 @@ def _settings(
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             complain(f"invalid configuration: {where}: {error['msg']}")
         sys.exit(STARTUP_FAILURE)
-    settings, _ = resolve_secret(settings)
-    return settings
+    settings, path, created = resolve_secret(settings)
+    if path is None:
+        return settings, "the configured secret (TASKYARD_JWT_SECRET or --jwt-secret)"
+    return settings, f"the development secret in {path}" + (" (created now)" if created else "")
 
 
 def _click_type(annotation: Any) -> Any:
@@ -91,12 +100,12 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
         logs.configure(level=log_level, fmt=early_log_format(overrides.get("log_format")))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log-level") from None
-    settings = _settings(overrides, complain=log.error)
+    settings, secret_source = _configured(overrides, complain=log.error)
     if settings.env == "development":
         if settings.log_format == "json":
-            _log_dev_notice(settings)
+            _log_dev_notice(settings, secret_source)
         else:
-            _print_dev_banner(settings)
+            _print_dev_banner(settings, secret_source)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -107,7 +116,7 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
     )
 
 
-def _print_dev_banner(settings: Settings) -> None:
+def _print_dev_banner(settings: Settings, secret_source: str) -> None:
     token = auth.mint(settings.jwt_secret, sub="admin", roles=[auth.ADMIN], ttl_s=24 * 3600)
     from sqlalchemy.engine import make_url
 
@@ -115,13 +124,14 @@ def _print_dev_banner(settings: Settings) -> None:
     database = make_url(settings.database_url).render_as_string(hide_password=True)
     click.echo(
         f"taskyard (development) on {base}  docs: {base}/docs  database: {database}\n"
+        f"tokens are signed with {secret_source}\n"
         f"admin token (24 h):\n  {token}\n"
         f"mint more with: {_command()} token --role user --sub alice [--ttl 3600]\n",
         err=True,
     )
 
 
-def _log_dev_notice(settings: Settings) -> None:
+def _log_dev_notice(settings: Settings, secret_source: str) -> None:
     """The banner for log pipelines: one JSON line, and no token (a log line must never hold
     one; logs are kept and shipped). Say how to mint one instead."""
     from sqlalchemy.engine import make_url
@@ -129,11 +139,13 @@ def _log_dev_notice(settings: Settings) -> None:
     base = f"http://{settings.host}:{settings.port}"
     database = make_url(settings.database_url).render_as_string(hide_password=True)
     log.warning(
-        "development mode on %s (docs: %s/docs, database: %s); no admin token is printed in"
-        " json log format, mint one with: %s token --role admin --sub admin",
+        "development mode on %s (docs: %s/docs, database: %s); tokens are signed with %s; no"
+        " admin token is printed in json log format, mint one with: %s token --role admin"
+        " --sub admin",
         base,
         base,
         database,
+        secret_source,
         _command(),
     )
 
@@ -159,7 +171,14 @@ def migrate(database_url: str | None) -> None:
 
 
 @main.command()
-@click.option("--role", "roles", multiple=True, required=True, help="admin, user or service")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice([auth.ADMIN, auth.USER, auth.SERVICE]),
+    help="repeatable",
+)
 @click.option("--sub", required=True, help="the principal's name")
 @click.option("--ttl", type=float, default=3600.0, show_default=True, help="seconds")
 @click.option("--server-id", default=None, help="bind a service token to one server")
@@ -167,11 +186,12 @@ def migrate(database_url: str | None) -> None:
 def token(
     roles: tuple[str, ...], sub: str, ttl: float, server_id: str | None, jwt_secret: str | None
 ) -> None:
-    """Mint a JWT signed with the configured secret."""
-    settings = _settings({"jwt_secret": jwt_secret})
+    """Mint a JWT signed with the configured secret (or development's; stderr says which)."""
+    settings, secret_source = _configured({"jwt_secret": jwt_secret})
     click.echo(
         auth.mint(settings.jwt_secret, sub=sub, roles=list(roles), ttl_s=ttl, server_id=server_id)
     )
+    click.echo(f"taskyard: signed with {secret_source}", err=True)
 
 
 @main.command()

@@ -6,6 +6,7 @@ edge (CLI, `create_app`) and pass plain values further down.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32  # characters; HS256 wants at least 256 bits of key
 MIN_METRICS_TOKEN_LENGTH = 16
-DEV_SECRET_FILE = Path(".taskyard-dev-secret")
+DEV_SECRET_NAME = "dev-secret"
 
 
 class InsecureConfig(ValueError):
@@ -119,20 +120,35 @@ def early_log_format(flag: str | None) -> Literal["text", "json"]:
     return "json" if chosen == "json" else "text"
 
 
-def resolve_secret(settings: Settings) -> tuple[Settings, bool]:
-    """Give a development setup a stable secret kept in a local file.
+def dev_secret_file() -> Path:
+    """Where development keeps its secret: one place per user, whatever the working directory,
+    so that `taskyard serve` and `taskyard token` run from anywhere agree.
+    `TASKYARD_DEV_SECRET_FILE` overrides it; else `$XDG_CONFIG_HOME/taskyard/dev-secret`
+    (`~/.config/taskyard/dev-secret`)."""
+    chosen = os.environ.get("TASKYARD_DEV_SECRET_FILE")
+    if chosen:
+        return Path(chosen).expanduser()
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "taskyard" / DEV_SECRET_NAME
 
-    Returns the settings with a secret and whether one was generated now. Production never
-    reaches the generator: the validator already refused a missing secret.
+
+def resolve_secret(settings: Settings) -> tuple[Settings, Path | None, bool]:
+    """Give a development setup a stable secret kept in `dev_secret_file()`.
+
+    Returns the settings with a secret, the file it came from (None when the configuration
+    gave one) and whether it was generated now. Production never reaches the generator: the
+    validator already refused a missing secret.
     """
     if settings.jwt_secret:
-        return settings, False
+        return settings, None, False
+    path = dev_secret_file()
     created = False
-    if DEV_SECRET_FILE.exists():
-        secret = DEV_SECRET_FILE.read_text().strip()
+    if path.exists():
+        secret = path.read_text().strip()
     else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         secret = secrets.token_urlsafe(48)
-        DEV_SECRET_FILE.write_text(secret + "\n")
-        DEV_SECRET_FILE.chmod(0o600)
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
         created = True
-    return settings.model_copy(update={"jwt_secret": secret}), created
+    return settings.model_copy(update={"jwt_secret": secret}), path, created

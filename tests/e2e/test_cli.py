@@ -44,14 +44,53 @@ def test_token_is_signed_with_the_configured_secret(tmp_path: Path) -> None:
     assert 100 <= claims["exp"] - claims["iat"] <= 120
 
 
-def test_development_secret_is_shared_between_commands(tmp_path: Path) -> None:
-    """Without a secret, development mode keeps one in a local file that every command reads."""
-    first = _taskyard("token", "--role", "admin", "--sub", "a", cwd=tmp_path)
-    second = _taskyard("token", "--role", "admin", "--sub", "a", cwd=tmp_path)
-    secret = (tmp_path / ".taskyard-dev-secret").read_text().strip()
-    for done in (first, second):
-        assert jwt.decode(done.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "a"
-    assert secret not in first.stdout + first.stderr
+def test_development_secret_is_one_file_whatever_the_directory(tmp_path: Path) -> None:
+    """Without a secret, development keeps one in the user's config directory: commands run
+    from different directories sign with the same one, and each says which it used (issue 9:
+    a token minted elsewhere was silently signed with a new secret the server rejected)."""
+    config = tmp_path / "config"
+    here, elsewhere = tmp_path / "project", tmp_path / "somewhere-else"
+    here.mkdir()
+    elsewhere.mkdir()
+    first = _taskyard(
+        "token", "--role", "admin", "--sub", "a", cwd=here, XDG_CONFIG_HOME=str(config)
+    )
+    second = _taskyard(
+        "token", "--role", "user", "--sub", "b", cwd=elsewhere, XDG_CONFIG_HOME=str(config)
+    )
+    path = config / "taskyard" / "dev-secret"
+    secret = path.read_text().strip()
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    for done, sub in ((first, "a"), (second, "b")):
+        assert done.returncode == 0, done.stderr
+        assert jwt.decode(done.stdout.strip(), secret, algorithms=["HS256"])["sub"] == sub
+        assert secret not in done.stdout + done.stderr
+    assert f"signed with the development secret in {path} (created now)" in first.stderr
+    assert f"signed with the development secret in {path}" in second.stderr
+    assert "created now" not in second.stderr
+    assert not list(here.iterdir()) and not list(elsewhere.iterdir())  # nothing left in cwd
+    chosen = tmp_path / "chosen-secret"
+    third = _taskyard(
+        "token", "--role", "admin", "--sub", "c", cwd=here, TASKYARD_DEV_SECRET_FILE=str(chosen)
+    )
+    assert third.returncode == 0, third.stderr
+    assert jwt.decode(third.stdout.strip(), chosen.read_text().strip(), algorithms=["HS256"])
+    configured = _taskyard(
+        "token", "--role", "admin", "--sub", "d", cwd=here, TASKYARD_JWT_SECRET=SECRET
+    )
+    assert (
+        "signed with the configured secret (TASKYARD_JWT_SECRET or --jwt-secret)"
+        in configured.stderr
+    )
+
+
+def test_an_unknown_role_is_an_error(tmp_path: Path) -> None:
+    done = _taskyard(
+        "token", "--role", "bogus", "--sub", "a", cwd=tmp_path, TASKYARD_JWT_SECRET=SECRET
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "'bogus' is not one of 'admin', 'user', 'service'" in done.stderr
 
 
 def test_migrate_then_check(database_url: str, tmp_path: Path) -> None:
