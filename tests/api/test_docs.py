@@ -17,7 +17,7 @@ from tests.support import Taskyard, shared_taskyard
 # Every route of SPEC §2 and issue 3 with its methods (and nothing undocumented under /api).
 API_ROUTES: dict[str, set[str]] = {
     "/api/task": {"post"},
-    "/api/task/{task_id}": {"get", "put"},
+    "/api/task/{task_id}": {"get", "put", "delete"},  # issue 9: DELETE cancels
     "/api/task/{task_id}/cancel": {"post"},
     "/api/servers": {"get", "post"},
     "/api/servers/{server_id}": {"get", "delete"},
@@ -31,7 +31,11 @@ API_ROUTES: dict[str, set[str]] = {
 }
 WITH_BODY = [("/api/task", "post"), ("/api/task/{task_id}", "put"), ("/api/servers", "post")]
 WITH_ID = [(p, m) for p, ms in API_ROUTES.items() for m in ms if "{" in p]
-CONFLICTS = [("/api/task/{task_id}", "put"), ("/api/task/{task_id}/cancel", "post")]
+CONFLICTS = [
+    ("/api/task/{task_id}", "put"),
+    ("/api/task/{task_id}", "delete"),
+    ("/api/task/{task_id}/cancel", "post"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +238,7 @@ def test_maxagemins_true_is_not_a_number(yard: Taskyard) -> None:
     [
         ("/api/servers", "GET, POST"),
         ("/api/servers/s1", "DELETE, GET"),
-        ("/api/task/t1", "GET, PUT"),
+        ("/api/task/t1", "DELETE, GET, PUT"),
         ("/api/task", "POST"),
         ("/api/servers/cleanup", "POST"),  # concrete before /api/servers/{server_id}, as OpenAPI
     ],

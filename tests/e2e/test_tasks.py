@@ -327,6 +327,14 @@ def test_cancelled_waiting_task_is_never_dispatched(fleet: Fleet) -> None:
     assert yard.task(task_id)["status"] == "CANCELLED"
     assert yard.admin.post(f"/api/task/{task_id}/cancel").status_code == 409
 
+    # DELETE cancels too (the seed's newer route), and keeps the task.
+    deleted_id = fleet.submit()
+    deleted = yard.admin.delete(f"/api/task/{deleted_id}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["taskDetails"]["status"] == "CANCELLED"
+    assert yard.task(deleted_id)["status"] == "CANCELLED"
+    assert yard.admin.delete(f"/api/task/{deleted_id}").status_code == 409
+
     (backend,) = fleet.mocks("arrives")
     fleet.register_online(backend)
     sentinel = fleet.submit()

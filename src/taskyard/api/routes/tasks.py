@@ -106,3 +106,16 @@ async def cancel_task(
     """Cancel a waiting or running task (its owner or an admin)."""
     task = await coordinator.cancel_task(task_id, principal=principal)
     return JsonResponse(present.task_out(task))
+
+
+@router.delete(
+    "/{task_id}",
+    response_model=TaskOut,
+    responses=_NOT_FOUND | documented(e409="The task is already final"),
+)
+async def delete_task(
+    task_id: TaskId, coordinator: CoordinatorDep, principal: ClientDep
+) -> JsonResponse:
+    """Cancel a waiting or running task, as `POST …/cancel` does (the seed's newer version
+    cancels with DELETE). The task is kept, CANCELLED, with its history."""
+    return await cancel_task(task_id, coordinator, principal)
