@@ -30,8 +30,10 @@ lint: .venv/.synced
 typecheck: .venv/.synced
 	$(VENV)/mypy
 
+# One worker per core, each test file on one worker (its module-scoped nodes stay shared):
+# most tests wait on real processes, so two cores run the suite in well under the serial time.
 test: lint typecheck
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest -n auto --dist loadfile
 
 format: .venv/.synced
 	$(VENV)/ruff check --fix src tests benchmarks
@@ -53,6 +55,15 @@ bench-backlog: .venv/.synced
 .PHONY: bench-observe
 bench-observe: .venv/.synced
 	$(VENV)/python benchmarks/observe.py $(ARGS)
+
+# rate limits and the unfinished-task cap on the create path: off vs memory vs redis
+.PHONY: bench-ratelimit soak
+bench-ratelimit: .venv/.synced
+	$(VENV)/python benchmarks/ratelimit.py $(ARGS)
+
+# 10 minutes at half the probed capacity, backends killed every minute, a node restarted
+soak: .venv/.synced
+	$(VENV)/python benchmarks/soak.py $(ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

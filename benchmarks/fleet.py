@@ -149,9 +149,15 @@ def taskyard_cmd(*args: str, profile: Path | None = None) -> list[str]:
 
 
 def start_mock_backend(
-    children: Children, server_id: str, *, delay_ms: float, force_async: bool
+    children: Children,
+    server_id: str,
+    *,
+    delay_ms: float,
+    force_async: bool,
+    port: int | None = None,
 ) -> Child:
-    port = free_port()
+    """A mock backend on `port` (a free one by default; the same again to restart one)."""
+    port = port or free_port()
     args = ["mock-backend", "--port", str(port), "--server-id", server_id]
     args += ["--delay-ms", str(delay_ms)]
     if force_async:
@@ -167,13 +173,15 @@ def start_coordinator(
     node_id: str | None = None,
     env: dict[str, str] | None = None,
     profile: Path | None = None,
+    port: int | None = None,
 ) -> Child:
-    """One `taskyard serve` on a free port, logging to `<name>.log`; callbacks come back to it.
+    """One `taskyard serve` on `port` (default: a free one), logging to `<name>.log`;
+    callbacks come back to it.
 
     Several coordinators on one PostgreSQL database are the nodes of one cluster: give each its
     own `node_id`.
     """
-    port = free_port()
+    port = port or free_port()
     full_env = clean_env(
         TASKYARD_JWT_SECRET=SECRET,
         TASKYARD_DATABASE_URL=database_url,

@@ -162,7 +162,9 @@ def simulate(
     if status == "WAITING":
         return task, tallies
     if status == "CANCELLED" and rng.random() < 0.7:  # most cancels come before a start
-        update, task = lifecycle.cancel(task, now=clock + int(rng.expovariate(1 / 30_000)))
+        update, task = lifecycle.cancel(
+            task, now=clock + int(rng.expovariate(1 / 30_000)), grace_ms=30_000
+        )
         return task, [*update.tallies]
 
     def start(task: Any, clock: int) -> tuple[Any, int]:
@@ -184,7 +186,7 @@ def simulate(
     if status == "PROCESSING":
         return task, tallies
     if status == "CANCELLED":
-        update, task = lifecycle.cancel(task, now=clock + work_ms() // 2)
+        update, task = lifecycle.cancel(task, now=clock + work_ms() // 2, grace_ms=30_000)
         return task, [*tallies, *update.tallies]
     code = pick(rng, FAILURES) if status == "FAILED" else None
     if status == "FINISHED" and rng.random() < 0.05:  # a backend error, then a retry
@@ -298,7 +300,11 @@ async def store_tasks(url: str, made: list[tuple[Any, list[Any]]], *, batch: int
             # add_tasks tallies them as created; the rest of their lives' tallies follow.
             lives = [tally for _, tallies in part for tally in tallies]
             await store.add_tasks([task for task, _ in part])
-            await store.writes.run(lambda conn, lives=lives: rollups.record(conn, lives))
+
+            def record(conn: Any, lives: list[Any] = lives) -> None:
+                rollups.record(conn, lives)
+
+            await store.writes.run(record)
         # What autovacuum would do soon after such an insert, done before the node measures
         # rather than while it does.
         statement = "VACUUM ANALYZE" if store.is_postgres else "PRAGMA wal_checkpoint(TRUNCATE)"
@@ -878,7 +884,7 @@ def print_report(results: Results, opts: Options, e2e_opts: e2e.Options) -> int:
             )
 
         def med(tree: Tree, attr: str) -> float:
-            return statistics.median(getattr(x, attr) for x in results.e2e if x.tree is tree)
+            return float(statistics.median(getattr(x, attr) for x in results.e2e if x.tree is tree))
 
         thr = med(results.after, "throughput") / med(results.before, "throughput")
         cpu = med(results.after, "cpu_ms_per_task") / med(results.before, "cpu_ms_per_task")

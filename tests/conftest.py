@@ -75,8 +75,8 @@ def taskyard(taskyard_factory: Callable[..., Taskyard]) -> Taskyard:
 def mock_factory(tmp_path: Path) -> Iterator[Callable[..., MockBackend]]:
     started: list[MockBackend] = []
 
-    def start(server_id: str, *extra: str) -> MockBackend:
-        backend = MockBackend(server_id, workdir=tmp_path, extra=list(extra))
+    def start(server_id: str, *extra: str, api_key: str | None = None) -> MockBackend:
+        backend = MockBackend(server_id, workdir=tmp_path, extra=list(extra), api_key=api_key)
         started.append(backend)
         return backend.start("/health")
 

@@ -137,7 +137,7 @@ class Proc:
         self.url = f"http://127.0.0.1:{port}"
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_path: str = "/", timeout: float = 30.0) -> Self:
+    def start(self, ready_path: str = "/", timeout: float = 60.0) -> Self:
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.log.parent
@@ -250,9 +250,23 @@ class Taskyard(Proc):
 
 
 class MockBackend(Proc):
-    def __init__(self, server_id: str, *, workdir: Path, extra: list[str] | None = None) -> None:
+    """A `taskyard mock-backend` process; `extra` are more CLI args (e.g. `--delay-ms 100`)."""
+
+    def __init__(
+        self,
+        server_id: str,
+        *,
+        workdir: Path,
+        extra: list[str] | None = None,
+        api_key: str | None = None,
+    ) -> None:
         port = free_port()
         self.server_id = server_id
+        extra = [*(extra or []), *(["--api-key", api_key] if api_key is not None else [])]
+        # The key it was started with, however it was given (`api_key=` or in `extra`).
+        self.api_key: str | None = None
+        if "--api-key" in extra[:-1]:
+            self.api_key = extra[extra.index("--api-key") + 1]
         args = [
             sys.executable,
             "-m",
@@ -276,6 +290,35 @@ class MockBackend(Proc):
         response = httpx.get(self.url + "/received", timeout=5)
         items: list[dict[str, Any]] = response.json()["received"]
         return items
+
+    def cancels(self) -> list[dict[str, Any]]:
+        """Every `POST /cancel` it got: task_id, attempt, matched, stopped, status, auth_*."""
+        response = httpx.get(self.url + "/cancels", timeout=5)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["cancels"]
+        return items
+
+    def health_checks(self) -> list[dict[str, Any]]:
+        response = httpx.get(self.url + "/health-checks", timeout=5)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["checks"]
+        return items
+
+    def reset(self) -> dict[str, Any]:
+        """Clear the records and put the controls back to the start-up values."""
+        response = httpx.post(self.url + "/control/reset", timeout=5)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def endpoints(self) -> dict[str, str]:
+        """Registration `endpoints` with the cancel URL too (`Taskyard.register` sends only
+        predict and health)."""
+        return {
+            "predict": self.url + "/predict",
+            "health": self.url + "/health",
+            "cancel": self.url + "/cancel",
+        }
 
 
 # ---- Shared coordinators: one per test module, each test in its own namespace ----------------

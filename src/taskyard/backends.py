@@ -16,10 +16,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from taskyard.domain.dispatch import is_retryable_status
-from taskyard.domain.ports import HealthReply, PredictReply, ReplyKind
+from taskyard.domain.ports import CancelReply, HealthReply, PredictReply, ReplyKind
 from taskyard.jsonsafe import depth_over, unstorable_number
+from taskyard.netguard import NetworkGuard
 
 ERROR_TEXT_LIMIT = 500  # characters of a backend's error body kept in the task's record
 # Deeper results are refused: the store's JSON writer stops at 254 levels, and a result it could
@@ -40,8 +42,17 @@ class Body:
 
 class AiohttpBackendClient:
     def __init__(
-        self, *, max_response_bytes: int = 10_485_760, connections: int = 0, node_id: str = ""
+        self,
+        *,
+        max_response_bytes: int = 10_485_760,
+        connections: int = 0,
+        node_id: str = "",
+        guard: NetworkGuard | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        # Every connection's address passes the SSRF guard, after DNS (see netguard.py).
+        self._guard = guard or NetworkGuard.for_settings("production", "")
+        self._resolver = resolver  # None: aiohttp's default; tests hand in a stub
         self._max_response_bytes = max_response_bytes
         # Backends (and their operators) can tell which coordinator node is calling.
         self._headers = {NODE_HEADER: node_id} if node_id else {}
@@ -49,7 +60,12 @@ class AiohttpBackendClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(
+            limit=self._connections,
+            keepalive_timeout=60,
+            resolver=self._resolver,
+            socket_factory=self._guard.socket_factory,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, json_serialize=lambda v: orjson.dumps(v).decode()
         )
@@ -65,12 +81,26 @@ class AiohttpBackendClient:
             raise RuntimeError("AiohttpBackendClient is not open: call `await client.open()`")
         return self._session
 
-    async def predict(self, url: str, payload: dict[str, Any], *, timeout_s: float) -> PredictReply:
+    def _headers_for(self, api_key: str | None, **more: str) -> dict[str, str]:
+        """This node's headers, and the server's credential (`apiKey`) when it has one."""
+        headers = {**self._headers, **more}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    async def predict(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        timeout_s: float,
+        api_key: str | None = None,
+    ) -> PredictReply:
         try:
             async with self.session.post(
                 url,
                 data=orjson.dumps(payload),
-                headers={"Content-Type": "application/json", **self._headers},
+                headers=self._headers_for(api_key, **{"Content-Type": "application/json"}),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
@@ -81,7 +111,7 @@ class AiohttpBackendClient:
             return PredictReply(
                 ReplyKind.RETRYABLE, error=f"connect failed: {exc.os_error}", connect_failed=True
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: bad apiKey
             return PredictReply(ReplyKind.RETRYABLE, error=f"{type(exc).__name__}: {exc}")
 
     async def _predict_reply(self, resp: aiohttp.ClientResponse) -> PredictReply:
@@ -99,11 +129,13 @@ class AiohttpBackendClient:
             )
         return _classify(resp.status, body.data)
 
-    async def health(self, url: str, *, timeout_s: float) -> HealthReply:
+    async def health(
+        self, url: str, *, timeout_s: float, api_key: str | None = None
+    ) -> HealthReply:
         try:
             async with self.session.get(
                 url,
-                headers=self._headers,
+                headers=self._headers_for(api_key),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
@@ -119,9 +151,28 @@ class AiohttpBackendClient:
                         False, network_error=False, detail=self._too_large("health answer")
                     )
                 return HealthReply(healthy=True, network_error=False)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             detail = f"health check: {type(exc).__name__}: {exc}".rstrip(": ")
             return HealthReply(healthy=False, network_error=True, detail=detail)
+
+    async def cancel(
+        self, url: str, payload: dict[str, Any], *, timeout_s: float, api_key: str | None = None
+    ) -> CancelReply:
+        try:
+            async with self.session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers=self._headers_for(api_key, **{"Content-Type": "application/json"}),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                # Only the status matters; a short read lets the connection be reused.
+                await read_body(resp.content, ERROR_TEXT_LIMIT, keep=False)
+                if _is_success(resp.status):
+                    return CancelReply(let_go=True)
+                return CancelReply(let_go=False, error=f"cancel HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            return CancelReply(let_go=False, error=f"cancel: {type(exc).__name__}: {exc}")
 
     def _too_large(self, what: str) -> str:
         return f"{what} larger than the {self._max_response_bytes}-byte cap ({CAP_SETTING})"

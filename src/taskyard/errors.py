@@ -9,7 +9,10 @@ TaskyardError
  │    └── TaskFinal            the task is already FINISHED, FAILED or CANCELLED
  ├── Forbidden                authenticated but not allowed
  ├── Unauthorized             no or invalid credentials
- └── InvalidInput
+ ├── InvalidInput
+ └── Unavailable              not now: try again after `retry_after_s`
+      ├── StorageUnavailable   the database cannot be reached or used just now
+      └── StorageBusy          too many writes are already waiting
 """
 
 from __future__ import annotations
@@ -62,3 +65,50 @@ class Unauthorized(TaskyardError):
 
 class InvalidInput(TaskyardError):
     """Invalid input."""
+
+    def __init__(self, message: str | None = None, details: object = None) -> None:
+        super().__init__(message)
+        self.details = details  # the 400 body's `details`, as for a body that fails its schema
+
+
+class RateLimited(TaskyardError):
+    """Too many requests, or too much unfinished work, for this caller; try again later."""
+
+    def __init__(
+        self, message: str, *, limit: int, window_s: int | None, retry_after_s: int
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit  # the rate's amount, or the cap
+        self.window_s = window_s  # the rate's window; None for a cap
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(RateLimited):
+    """The caller already has as many unfinished tasks as allowed."""
+
+    RETRY_AFTER_S = 5  # tasks take a while to finish; a tighter loop would only add load
+
+    @classmethod
+    def unfinished(cls, owner: str, count: int, cap: int) -> QuotaExceeded:
+        return cls(
+            f"{owner!r} has {count} unfinished tasks (WAITING or PROCESSING) and the cap is"
+            f" {cap} (TASKYARD_MAX_UNFINISHED_TASKS): nothing was stored; try again when some"
+            " have finished",
+            limit=cap,
+            window_s=None,
+            retry_after_s=cls.RETRY_AFTER_S,
+        )
+
+
+class Unavailable(TaskyardError):
+    """Temporarily unavailable; try again."""
+
+    retry_after_s = 1
+
+
+class StorageUnavailable(Unavailable):
+    """The database cannot be reached just now; try again."""
+
+
+class StorageBusy(Unavailable):
+    """Too many writes are waiting for the database; try again."""

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taskyard.domain.models import ServerStatus, TaskStatus, now_ms
+from taskyard.domain.models import ServerState, TaskStatus, now_ms
 from taskyard.domain.ports import Store
 from taskyard.domain.tallies import OK, Event, Tally
 
@@ -89,6 +89,12 @@ class PrometheusObserver:
             "taskyard_loop_last_success_timestamp_seconds",
             "When each background loop last finished an iteration without error",
             [*node, "loop"],
+            registry=r,
+        )
+        self.long_polls = Gauge(
+            "taskyard_long_polls_open",
+            "Long polls (GET /api/task/{id}?wait=) this node is holding open",
+            node,
             registry=r,
         )
         self.cluster = ClusterGauges(node_id)
@@ -178,8 +184,8 @@ class ClusterGauges(Collector):
         for s in servers:
             in_flight.add_metric([s.id], s.in_flight)
             capacity.add_metric([s.id], s.max_concurrency)
-            for candidate in ServerStatus:
-                state.add_metric([s.id, candidate.value], 1 if s.status is candidate else 0)
+            for candidate in ServerState:  # online, offline, ejected, draining, maintenance
+                state.add_metric([s.id, candidate.value], 1 if s.state is candidate else 0)
         self._metrics = [tasks, depth, in_flight, capacity, state]
         self._exporting = True
 

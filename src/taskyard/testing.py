@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from taskyard.domain.models import FINAL_STATUSES, Node, Server, ServerStatus, Task, TaskStatus
+from taskyard import errors
+from taskyard.domain.models import (
+    FINAL_STATUSES,
+    Node,
+    Server,
+    ServerStatus,
+    SlotHold,
+    Task,
+    TaskStatus,
+)
 from taskyard.domain.ports import ClaimPlan, ModelQueue, Store, TaskQuery, TaskUpdate
 from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 
@@ -28,7 +37,7 @@ __all__ = ["MemoryStore"]
 
 _TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(Task))
 _ROW_ONLY = frozenset({"node_id", "acked"})  # columns the domain writes but never reads back
-_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(Server)) - {"in_flight"}
+_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(Server)) - {"in_flight", "held"}
 
 
 @dataclass(slots=True)
@@ -53,6 +62,7 @@ class MemoryStore:
         self._nodes: dict[str, Node] = {}  # without leases: those are joined on read
         self._leases: dict[str, _Lease] = {}
         self._tallies: list[Tally] = []  # every tally recorded, in order
+        self._holds: dict[tuple[str, int], SlotHold] = {}  # (task id, attempt) → hold
 
     async def ping(self) -> None:
         await _turn()
@@ -62,13 +72,25 @@ class MemoryStore:
 
     # ---- tasks -------------------------------------------------------------------------
 
-    async def add_task(self, task: Task) -> None:
-        await self.add_tasks([task])
+    async def add_task(self, task: Task, *, unfinished_cap: int = 0) -> None:
+        await self.add_tasks([task], unfinished_cap=unfinished_cap)
 
-    async def add_tasks(self, batch: Iterable[Task]) -> None:
-        """Insert many tasks at once (as `SqlStore.add_tasks`); a taken id inserts none."""
+    async def add_tasks(self, batch: Iterable[Task], *, unfinished_cap: int = 0) -> None:
+        """Insert many tasks at once (as `SqlStore.add_tasks`); a taken id inserts none, and
+        none is inserted past the owner's cap of unfinished tasks."""
         await _turn()
         tasks = list(batch)
+        if unfinished_cap and tasks:
+            owner = tasks[0].owner
+            unfinished = sum(
+                1
+                for row in self._tasks.values()
+                if row.task.owner == owner
+                and row.task.status in (TaskStatus.WAITING, TaskStatus.PROCESSING)
+            )
+            unfinished = min(unfinished, unfinished_cap)  # as SqlStore counts: up to the cap
+            if unfinished + len(tasks) > unfinished_cap:
+                raise errors.QuotaExceeded.unfinished(owner, unfinished, unfinished_cap)
         rows = {task.id: _TaskRow(_stored_task(task)) for task in tasks}
         if len(rows) < len(tasks) or rows.keys() & self._tasks.keys():
             raise ValueError("a task id is already stored (the primary key)")
@@ -111,9 +133,9 @@ class MemoryStore:
         ids = set(server_ids)
         return [t for t in self._in(TaskStatus.PROCESSING) if t.server_id in ids]
 
-    async def orphaned_attempts(self) -> list[Task]:
+    async def orphaned_attempts(self, *, limit: int) -> list[Task]:
         await _turn()
-        return [
+        lost = [
             row.task
             for row in self._tasks.values()
             if row.task.status is TaskStatus.PROCESSING
@@ -121,6 +143,7 @@ class MemoryStore:
             and row.node_id is not None
             and row.node_id not in self._nodes
         ]
+        return sorted(lost, key=lambda t: t.id)[:limit]
 
     async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
         await _turn()
@@ -129,7 +152,7 @@ class MemoryStore:
     async def update_task(self, change: TaskUpdate) -> bool:
         return (await self.update_tasks([change]))[0]
 
-    async def purge_tasks(self, *, finished_before: int) -> int:
+    async def purge_tasks(self, *, finished_before: int, limit: int) -> int:
         await _turn()
         old = [
             row.task.id
@@ -137,7 +160,7 @@ class MemoryStore:
             if row.task.status in FINAL_STATUSES
             and row.task.finished_at is not None
             and row.task.finished_at < finished_before
-        ]
+        ][:limit]
         for task_id in old:
             del self._tasks[task_id]
         return len(old)
@@ -228,6 +251,8 @@ class MemoryStore:
         row.node_id = change.values.get("node_id", row.node_id)
         row.acked = bool(change.values.get("acked", row.acked))
         self._tallies += change.tallies
+        if change.hold is not None:
+            self._holds.setdefault((change.hold.task_id, change.hold.attempt), change.hold)
         return True
 
     # ---- statistics --------------------------------------------------------------------
@@ -291,28 +316,96 @@ class MemoryStore:
         await _turn()
         return self._server_list()
 
-    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool:
+    async def update_server(
+        self,
+        server_id: str,
+        values: Mapping[str, Any],
+        *,
+        revision: str | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> bool:
         await _turn()
-        unknown = values.keys() - _SERVER_FIELDS
+        unknown = (values.keys() | (expect or {}).keys()) - _SERVER_FIELDS
         if unknown:
             raise KeyError(f"servers have no columns {sorted(unknown)}")
         server = self._servers.get(server_id)
-        if server is None:
+        if server is None or (revision is not None and server.revision != revision):
+            return False
+        if any(getattr(server, k) != v for k, v in (expect or {}).items()):
             return False
         self._servers[server_id] = _stored_server(replace(server, **values))
         return True
 
-    async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
-        """Delete servers; return the ids that existed."""
+    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
         await _turn()
-        return [sid for sid in dict.fromkeys(server_ids) if self._servers.pop(sid, None)]
+        if column not in ("dispatch_failures", "consecutive_rejections"):
+            raise ValueError(f"servers.{column} is not a counter")
+        server = self._servers.get(server_id)
+        if server is None or server.revision != revision:
+            return None
+        value: int = getattr(server, column) + 1
+        changed: dict[str, Any] = {column: value}
+        self._servers[server_id] = replace(server, **changed)
+        return value
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
+        """Delete servers and their held slots; return the ids that existed."""
+        await _turn()
+        removed = [sid for sid in dict.fromkeys(server_ids) if self._servers.pop(sid, None)]
+        self._holds = {k: h for k, h in self._holds.items() if h.server_id not in removed}
+        return removed
+
+    # ---- held slots and cancels --------------------------------------------------------
+
+    async def due_cancels(self, *, now: int, limit: int) -> list[SlotHold]:
+        await _turn()
+        due = [
+            h
+            for h in self._holds.values()
+            if h.cancel_due_at is not None and h.cancel_due_at <= now
+        ]
+        return sorted(due, key=lambda h: (h.cancel_due_at or 0, h.task_id))[:limit]
+
+    async def claim_cancel(self, hold: SlotHold, *, next_try_at: int | None) -> bool:
+        await _turn()
+        key = (hold.task_id, hold.attempt)
+        current = self._holds.get(key)
+        if current is None or current.cancel_due_at != hold.cancel_due_at:
+            return False
+        self._holds[key] = replace(
+            current, cancel_due_at=next_try_at, cancel_tries=current.cancel_tries + 1
+        )
+        return True
+
+    async def release_holds(
+        self, task_id: str, *, attempt: int | None = None, server_id: str | None = None
+    ) -> int:
+        await _turn()
+        gone = [
+            key
+            for key, h in self._holds.items()
+            if h.task_id == task_id
+            and (attempt is None or h.attempt == attempt)
+            and (server_id is None or h.server_id == server_id)
+        ]
+        for key in gone:
+            del self._holds[key]
+        return len(gone)
+
+    async def prune_holds(self, *, now: int) -> int:
+        await _turn()
+        kept = {k: h for k, h in self._holds.items() if h.held_until >= now}
+        pruned = len(self._holds) - len(kept)
+        self._holds = kept
+        return pruned
 
     def _server_list(self) -> list[Server]:
         return [self._with_in_flight(self._servers[sid]) for sid in sorted(self._servers)]
 
     def _with_in_flight(self, server: Server) -> Server:
         running = sum(1 for t in self._in(TaskStatus.PROCESSING) if t.server_id == server.id)
-        return replace(server, in_flight=running)
+        held = sum(1 for h in self._holds.values() if h.server_id == server.id)
+        return replace(server, in_flight=running + held, held=held)
 
     # ---- nodes and leases --------------------------------------------------------------
 
@@ -408,6 +501,7 @@ def _stored_server(server: Server) -> Server:
             _json_copy(server.reported_load) if server.reported_load is not None else None
         ),
         in_flight=0,
+        held=0,
     )
 
 

@@ -495,7 +495,8 @@ def test_production_refuses_unbound_service_tokens_unless_allowed(
     """In production a seed-style service token (no `srv`) cannot report for the server its
     body names, unless TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS=true; the task stays as it was.
     Development keeps allowing it (test_seed_service_token_naming_holder_is_accepted)."""
-    settings = {"env": "production"} | ({"allow_unbound_service_tokens": allow} if allow else {})
+    settings = {"env": "production", "allowed_backend_networks": "127.0.0.1"}
+    settings |= {"allow_unbound_service_tokens": allow} if allow else {}
     node = taskyard_factory(**settings)
     backend = mock_factory(BACKEND_ID, "--async", "--delay-ms", SLOW_MS)
     node.register_online(backend, max_concurrency=4, **{"async": True})

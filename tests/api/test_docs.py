@@ -19,9 +19,13 @@ API_ROUTES: dict[str, set[str]] = {
     "/api/task": {"post"},
     "/api/task/{task_id}": {"get", "put", "delete"},  # issue 9: DELETE cancels
     "/api/task/{task_id}/cancel": {"post"},
+    "/api/task/{task_id}/retry": {"post"},  # issue 9: manual retry, and in bulk
+    "/api/tasks/retry": {"post"},
+    "/api/tasks/cancel": {"post"},
     "/api/servers": {"get", "post"},
     "/api/servers/{server_id}": {"get", "delete"},
     "/api/servers/{server_id}/heartbeat": {"post"},
+    "/api/servers/{server_id}/maintenance": {"put"},  # issue 9
     "/api/servers/cleanup": {"post"},
     "/api/nodes": {"get"},  # issue 3: the cluster's nodes
     "/api/tasks": {"get"},  # issue 8: search
@@ -29,12 +33,18 @@ API_ROUTES: dict[str, set[str]] = {
     "/api/stats/hourly": {"get"},
     "/api/stats/servers/{server_id}": {"get"},
 }
-WITH_BODY = [("/api/task", "post"), ("/api/task/{task_id}", "put"), ("/api/servers", "post")]
+WITH_BODY = [
+    ("/api/task", "post"),
+    ("/api/task/{task_id}", "put"),
+    ("/api/servers", "post"),
+    ("/api/servers/{server_id}/maintenance", "put"),
+]
 WITH_ID = [(p, m) for p, ms in API_ROUTES.items() for m in ms if "{" in p]
 CONFLICTS = [
     ("/api/task/{task_id}", "put"),
     ("/api/task/{task_id}", "delete"),
     ("/api/task/{task_id}/cancel", "post"),
+    ("/api/task/{task_id}/retry", "post"),
 ]
 
 

@@ -3,6 +3,7 @@ node (SQLite) and two mock backends, shared by every test of this folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -139,12 +140,19 @@ class Tab:
         assert not self.console.errors, self.console.errors
 
 
-@pytest.fixture
-def tab(browser: Browser, yard: Yard) -> Iterator[Tab]:
-    """A fresh tab (its own session storage) on the dashboard's node."""
+@contextlib.contextmanager
+def open_tab(browser: Browser, base: str) -> Iterator[Tab]:
+    """A fresh tab (its own session storage) on the node at `base`."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-GB")
     page = context.new_page()
     try:
-        yield Tab(page=page, console=Console(page), base=yard.node.url)
+        yield Tab(page=page, console=Console(page), base=base)
     finally:
         context.close()
+
+
+@pytest.fixture
+def tab(browser: Browser, yard: Yard) -> Iterator[Tab]:
+    """A fresh tab (its own session storage) on the dashboard's node."""
+    with open_tab(browser, yard.node.url) as fresh:
+        yield fresh

@@ -30,19 +30,18 @@ def keep_registered(admin: httpx.Client, body: dict[str, object], stop: threadin
             pass
 
 
-def main(workdir: Path, options: list[str]) -> int:
+def main(workdir: Path, role: str, options: list[str]) -> int:
     links = subprocess.run(["ip", "-o", "link"], check=True, capture_output=True, text=True)
     names = [line.split(":")[1].strip() for line in links.stdout.splitlines()]
     if names != ["lo"]:
         sys.exit(f"fuzz_node: run me in a network namespace with loopback only, not {names}")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     backend = MockBackend(BACKEND_ID, workdir=workdir).start("/health")
-    node = start_taskyard(workdir, max_attempts=1)
-    body = {
-        "id": BACKEND_ID,
-        "endpoints": {"predict": backend.url + "/predict", "health": backend.url + "/health"},
-        "max_concurrency": 64,
-    }
+    # Timed-out attempts (the fuzzer sends tiny timeouts) hold their slot until the backend's
+    # cancel answer or the grace: both short, so that long polls answer in time.
+    # Never ejected (its tiny timeouts would count as failures): tasks keep finishing.
+    node = start_taskyard(workdir, max_attempts=1, slot_grace_s=1, eject_max_share=0)
+    body = {"id": BACKEND_ID, "endpoints": backend.endpoints(), "max_concurrency": 64}
     stop = threading.Event()
     keeper = threading.Thread(target=keep_registered, args=(node.admin, body, stop), daemon=True)
     try:
@@ -53,7 +52,7 @@ def main(workdir: Path, options: list[str]) -> int:
             "run",
             f"{node.url}/openapi.json",
             "--header",
-            f"Authorization: Bearer {token(['admin'], 'fuzz-admin')}",
+            f"Authorization: Bearer {fuzz_token(role)}",
             "--generation-with-security-parameters",
             "false",
             "--no-color",
@@ -67,5 +66,13 @@ def main(workdir: Path, options: list[str]) -> int:
         print(f"---- taskyard log tail ----\n{node.log_tail()}", flush=True)
 
 
+def fuzz_token(role: str) -> str:
+    """A token of `role`; a service token is bound to the fuzzer's backend, as one issued at
+    registration would be."""
+    if role == "service":
+        return token(["service"], f"server:{BACKEND_ID}", srv=BACKEND_ID)
+    return token([role], f"fuzz-{role}")
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), sys.argv[2:]))
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))

@@ -360,7 +360,13 @@ def test_kill9_one_of_three_nodes_mid_stream(
                 bodies.append(
                     {
                         "id": server_id,
-                        "endpoints": {"predict": m.url + "/predict", "health": m.url + path},
+                        # The cancel endpoint lets a backend free the slots of node-3's
+                        # cut-off attempts at once (held until deadline + grace otherwise).
+                        "endpoints": {
+                            "predict": m.url + "/predict",
+                            "health": m.url + path,
+                            "cancel": m.url + "/cancel",
+                        },
                         "provider": "test",
                         "name": server_id,
                         "max_concurrency": slots,

@@ -24,8 +24,19 @@ def test_kill9_loses_nothing(
     failed = node.submit({"model": "bad"})
     node.wait_status(failed, "FAILED")
 
-    node.register_online(slow_sync, models=["m"], max_concurrency=2)
-    node.register_online(slow_async, models=["m"], max_concurrency=2, **{"async": True})
+    # With cancel endpoints: the attempts the crash cut off are cancelled after the restart,
+    # and the backends' answers free their slots at once (without, they stay held until a
+    # grace past their deadline, docs/servers.md).
+    node.register_online(
+        slow_sync, models=["m"], max_concurrency=2, endpoints=slow_sync.endpoints()
+    )
+    node.register_online(
+        slow_async,
+        models=["m"],
+        max_concurrency=2,
+        endpoints=slow_async.endpoints(),
+        **{"async": True},
+    )
     finished = node.submit({"model": "m", "n": "first"})
     node.wait_status(finished, "FINISHED", timeout=10)
 
@@ -73,10 +84,14 @@ def test_acknowledged_creates_survive_kill9(
 def test_processing_tasks_are_not_stuck_after_restart(
     taskyard_factory: Callable[..., Taskyard], mock_factory: Callable[..., MockBackend]
 ) -> None:
-    """A sync attempt cut off by the crash is re-dispatched after restart, not left PROCESSING."""
+    """A sync attempt cut off by the crash is re-dispatched after restart, not left PROCESSING.
+
+    Its slot is held until the backend says it let go (issue 9): here its cancel answer. A
+    backend without a cancel endpoint would get the task again only a grace past the deadline.
+    """
     node = taskyard_factory(**{**RESTART_ENV, "task_timeout_s": 30})
     backend = mock_factory("hangs-once")
-    node.register_online(backend, max_concurrency=1)
+    node.register_online(backend, max_concurrency=1, endpoints=backend.endpoints())
     backend.control(hang=True)
     task_id = node.submit()
     node.wait_status(task_id, "PROCESSING")
@@ -86,3 +101,6 @@ def test_processing_tasks_are_not_stuck_after_restart(
     # The deadline is 30 s away: only the lost-coordinator recovery can finish it this soon.
     task = node.wait_status(task_id, "FINISHED", timeout=15)
     assert [a["errorCode"] for a in task["attempts"]] == ["node_lost", None]
+    assert [(c["task_id"], c["attempt"], c["status"]) for c in backend.cancels()] == [
+        (task_id, 1, 200)
+    ]

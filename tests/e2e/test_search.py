@@ -27,9 +27,16 @@ Task = dict[str, Any]
 def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
     """One coordinator (FAST_ENV intervals) shared by this module's tests. A server that
     answers 500 stays in rotation (its failures are the point), so tasks fail without waiting
-    for it to come back online."""
+    for it to come back online. No create rate limit: a test pages while one user creates
+    hundreds of tasks a second."""
     workdir = tmp_path_factory.mktemp(f"yard-{db_kind}")
-    with shared_taskyard(db_kind, workdir, dispatch_failures_offline=1000) as node:
+    with shared_taskyard(
+        db_kind,
+        workdir,
+        eject_after_failures=1000,
+        eject_after_rejections=1000,
+        rate_limit_creates="",  # one user makes hundreds of creates a second here
+    ) as node:
         yield node
 
 

@@ -25,7 +25,8 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 # Servers stay in rotation however often they fail (their failures are the point), so the
 # run never waits for a server to come back online.
-ENV = {"dispatch_failures_offline": 1000}
+# Timed-out attempts hold their slot only briefly: the test waits for every server idle.
+ENV = {"eject_after_failures": 1000, "eject_after_rejections": 1000, "slot_grace_s": 1}
 
 M_OK, M_BAD, M_SLOW, M_HANG = "m-ok", "m-bad", "m-slow", "m-hang"
 M_SHARED = "m-shared"  # served by the bad server (preferred: weight) and the ok one
@@ -293,7 +294,14 @@ def test_overview_counts_exactly_what_happened(run: Run) -> None:
             "serversOnline": 2,
         }
 
-        assert stats["servers"] == {"total": 4, "online": 4, "offline": 0, "busy": 0}
+        by_state = {"online": 4, "offline": 0, "ejected": 0, "draining": 0, "maintenance": 0}
+        assert stats["servers"] == {
+            "total": 4,
+            "online": 4,
+            "offline": 0,
+            "busy": 0,
+            "byState": by_state,
+        }
         per_server = {s["id"]: s for s in stats["serverStats"]}
         attempts = {
             M_OK: (FINISHED_OK, 0),

@@ -226,8 +226,9 @@ def test_all_backends_failing_fails_task_with_every_attempt(fleet: Fleet) -> Non
     assert sum(len(b.received()) for b in backends) == 3
 
 
-def test_client_error_fails_task_at_once(fleet: Fleet) -> None:
-    """A 400 from the backend fails the task with backend_rejected after one attempt."""
+def test_client_error_is_retried_once_elsewhere(fleet: Fleet) -> None:
+    """A 400 from one backend sends the task to another server of the model at once (issue 9:
+    rejections are not a black hole); the refusal stays in its history."""
     rejecting, good = fleet.mocks("rejecting", "good")
     rejecting.control(fail_status=400)
     fleet.register_online(rejecting, weight=10)  # wins the first choice
@@ -235,13 +236,21 @@ def test_client_error_fails_task_at_once(fleet: Fleet) -> None:
     yard = fleet.yard
     task = yard.wait_status(fleet.submit(max_attempts=3), "FAILED", "FINISHED")
 
-    assert task["status"] == "FAILED", task
-    assert task["errorCode"] == "backend_rejected"
-    assert "400" in task["error"]
-    (attempt,) = task["attempts"]
-    assert attempt["serverId"] == rejecting.server_id
-    assert good.received() == []
+    assert task["status"] == "FINISHED", task
+    first, second = task["attempts"]
+    assert (first["serverId"], first["errorCode"]) == (rejecting.server_id, "backend_rejected")
+    assert "400" in first["error"]
+    assert (second["serverId"], second["errorCode"]) == (good.server_id, None)
     assert (yard.server(rejecting.server_id) or {})["status"] == "online"  # not its health
+
+
+def test_client_error_from_the_only_server_fails_the_task_at_once(fleet: Fleet) -> None:
+    [rejecting] = fleet.mocks("alone")
+    rejecting.control(fail_status=400)
+    fleet.register_online(rejecting)
+    task = fleet.yard.wait_status(fleet.submit(max_attempts=3), "FAILED")
+    assert task["errorCode"] == "backend_rejected" and "400" in task["error"]
+    assert len(task["attempts"]) == 1
 
 
 def test_deadline_passed_retries_and_late_callback_is_rejected(fleet: Fleet) -> None:

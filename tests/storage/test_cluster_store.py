@@ -185,3 +185,43 @@ async def test_a_node_listens_again_after_losing_its_connection(postgres_databas
         await listener.close()
         await sender.close()
         await store.close()
+
+
+# ---- server rows: counters in SQL, writes bound to one registration --------------------------
+
+
+async def test_failure_counts_from_several_nodes_lose_no_increment(stores: list[SqlStore]) -> None:
+    """Four nodes each count 25 failed dispatches of one server at once: 100, not fewer."""
+    server = make_server("gpu", revision="r1")
+    await stores[0].put_server(server)
+
+    async def count(store: SqlStore) -> list[int | None]:
+        return [
+            await store.increment_server("gpu", "dispatch_failures", revision="r1")
+            for _ in range(25)
+        ]
+
+    seen = await asyncio.gather(*(count(store) for store in stores))
+    values = sorted(v for per_node in seen for v in per_node if v is not None)
+    assert values == list(range(1, 101))  # each increment saw its own new value
+    fresh = await stores[1].get_server("gpu")
+    assert fresh is not None and fresh.dispatch_failures == 100
+
+
+async def test_writes_for_a_replaced_or_deleted_registration_change_nothing(
+    stores: list[SqlStore],
+) -> None:
+    first, second = stores[0], stores[1]
+    await first.put_server(make_server("gpu", revision="old"))
+    # Re-registered by another node meanwhile: the old registration's writes match nothing.
+    await second.put_server(make_server("gpu", revision="new", status=ServerStatus.OFFLINE))
+    assert not await first.update_server("gpu", {"status": ServerStatus.ONLINE}, revision="old")
+    assert await first.increment_server("gpu", "dispatch_failures", revision="old") is None
+    fresh = await first.get_server("gpu")
+    assert fresh is not None and (fresh.status, fresh.dispatch_failures) == (
+        ServerStatus.OFFLINE,
+        0,
+    )
+    await second.delete_servers(["gpu"])
+    assert not await first.update_server("gpu", {"status": ServerStatus.ONLINE}, revision="new")
+    assert await first.get_server("gpu") is None

@@ -99,6 +99,13 @@ def cases() -> list[Case]:
             sql._search_query(TaskQuery(limit=51, owner="alice", before=(NOW // 2, "t"))),
             "ix_tasks_owner_created",
         ),
+        # A capped create counts its owner's unfinished tasks (TASKYARD_MAX_UNFINISHED_TASKS).
+        Case(
+            "unfinished of one owner",
+            sql._unfinished_query("alice", 10_000),
+            "ix_tasks_owner_unfinished",
+            ordered=False,
+        ),
     ]
 
 

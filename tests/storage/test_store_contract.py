@@ -232,16 +232,19 @@ async def test_orphaned_attempts_are_the_unanswered_ones_of_unrecorded_nodes(
     # Its backend took it (202): its callback can still come.
     assert await store.update_task(lifecycle.acknowledge(accepted, progress=None, now=2_001)[0])
     await store.add_task(make_task(id="waiting"))
-    assert [t.id for t in await store.orphaned_attempts()] == ["sent-by-gone"]
+    assert [t.id for t in await store.orphaned_attempts(limit=10)] == ["sent-by-gone"]
     await store.delete_nodes(["alive"])
-    assert sorted(t.id for t in await store.orphaned_attempts()) == [
+    assert [t.id for t in await store.orphaned_attempts(limit=10)] == [
         "sent-by-alive",
         "sent-by-gone",
     ]
+    assert [t.id for t in await store.orphaned_attempts(limit=1)] == ["sent-by-alive"]
     # An attempt that ended (here: its task was cancelled) is nobody's to recover.
     lost = await store.get_task("sent-by-gone")
-    assert lost is not None and await store.update_task(lifecycle.cancel(lost, now=3_000)[0])
-    assert [t.id for t in await store.orphaned_attempts()] == ["sent-by-alive"]
+    assert lost is not None and await store.update_task(
+        lifecycle.cancel(lost, now=3_000, grace_ms=0)[0]
+    )
+    assert [t.id for t in await store.orphaned_attempts(limit=10)] == ["sent-by-alive"]
 
 
 # ---- retention and counts -------------------------------------------------------------------
@@ -253,8 +256,10 @@ async def test_purge_deletes_final_tasks_finished_before_the_cutoff(store: Store
     await store.add_task(make_task(id="recent", status=TaskStatus.FINISHED, finished_at=5_000))
     await store.add_task(make_task(id="waiting", finished_at=1_000))  # not final: kept
     await start(store, make_task(id="running"))
-    assert await store.purge_tasks(finished_before=5_000) == 3
-    assert await store.purge_tasks(finished_before=5_000) == 0
+    # A chunk at a time: at most `limit` per call.
+    assert await store.purge_tasks(finished_before=5_000, limit=2) == 2
+    assert await store.purge_tasks(finished_before=5_000, limit=2) == 1
+    assert await store.purge_tasks(finished_before=5_000, limit=2) == 0
     assert await store.count_tasks() == {"FINISHED": 1, "WAITING": 1, "PROCESSING": 1}
     assert await store.get_task("old-FAILED") is None
     assert await store.get_task("recent") is not None

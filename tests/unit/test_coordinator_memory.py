@@ -11,7 +11,14 @@ import pytest
 
 from taskyard import auth, errors
 from taskyard.domain.dispatcher import DispatchPolicy
-from taskyard.domain.models import ErrorCode, ServerStatus, Task, TaskOptions, TaskStatus, now_ms
+from taskyard.domain.models import (
+    ErrorCode,
+    ServerState,
+    Task,
+    TaskOptions,
+    TaskStatus,
+    now_ms,
+)
 from taskyard.domain.ports import PredictReply, ReplyKind
 from taskyard.domain.registry import Registration
 from taskyard.domain.service import Coordinator, CoordinatorConfig, Report
@@ -128,15 +135,17 @@ async def test_a_task_fails_after_its_last_attempt(
     yard: Coordinator, backend: ScriptedBackend
 ) -> None:
     backend.always[await register(yard, "s1")] = RETRYABLE
-    task = await create(yard, max_attempts=2)
-    await one_pass(yard)
-    await one_pass(yard)
+    task = await create(yard, max_attempts=3)
+    for _ in range(3):
+        await one_pass(yard)
     failed = await read(yard, task)
-    assert failed.status is TaskStatus.FAILED and failed.attempt == 2
+    assert failed.status is TaskStatus.FAILED and failed.attempt == 3
     assert failed.error_code == ErrorCode.BACKEND_ERROR
-    assert failed.error is not None and failed.error.endswith("(after 2 attempts)")
-    # Two failed predicts in a row (the policy's default) also took the server out of rotation.
-    assert (await yard.get_server("s1")).status is ServerStatus.OFFLINE
+    assert failed.error is not None and failed.error.endswith("(after 3 attempts)")
+    # Three failed predicts in a row (the policy's default) also ejected the server.
+    server = await yard.get_server("s1")
+    assert server.state is ServerState.EJECTED and server.ejection_reason == "failing"
+    assert server.last_error is not None and "3 failed dispatches" in server.last_error
 
 
 async def test_a_rejected_task_fails_at_once(yard: Coordinator, backend: ScriptedBackend) -> None:

@@ -91,6 +91,6 @@ def test_queue_deadline_only_applies_to_waiting() -> None:
 def test_cancel_a_running_task_closes_its_attempt() -> None:
     """Cancelling a PROCESSING task ends its current attempt record."""
     running = _running()
-    _, cancelled = lifecycle.cancel(running, now=7_000)
+    _, cancelled = lifecycle.cancel(running, now=7_000, grace_ms=0)
     assert cancelled.status is TaskStatus.CANCELLED
     assert cancelled.attempts[-1].ended_at == 7_000

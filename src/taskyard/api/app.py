@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
 from taskyard import __version__, logs
 from taskyard.api import errors
@@ -16,13 +18,17 @@ from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import dashboard, metrics, nodes, probes, search, servers, stats, tasks
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
-from taskyard.auth import JwtIssuer, TokenVerifier
+from taskyard.api.security import SecurityHeaders, cors_options
+from taskyard.auth import JwtIssuer, TokenVerifier, keys_from, policy_from
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
 from taskyard.domain.dispatcher import DispatchPolicy
+from taskyard.domain.ejection import EjectionPolicy
 from taskyard.domain.health import HealthPolicy
 from taskyard.domain.service import Coordinator, CoordinatorConfig
 from taskyard.metrics import PrometheusObserver
+from taskyard.netguard import NetworkGuard, Resolve
+from taskyard.ratelimit import OpenWaits, RateLimiter
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.notify import open_bus
 from taskyard.storage.sql import SqlStore
@@ -31,8 +37,10 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """A durable task API in front of a fleet of HTTP inference servers.
 
-Every `/api` route needs `Authorization: Bearer <JWT>` (HS256, with a `roles` array:
-`admin`, `user` or `service`). Errors are `{"error": message, "details"?: …}`."""
+Every `/api` route needs `Authorization: Bearer <JWT>` (HS256 with a shared secret, or
+RS256/ES256 from the configured JWKS, chosen by `kid`; with a `roles` array: `admin`, `user`
+or `service`). Errors are `{"error": message, "details"?: …}`. Users are rate-limited per
+`sub` (429 with `Retry-After` and `RateLimit-*`); admins and backends are not."""
 
 
 def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
@@ -47,7 +55,16 @@ def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
             retry_max_s=settings.retry_max_s,
             poll_s=settings.dispatch_poll_s,
             batch=settings.dispatch_batch,
-            failures_offline=settings.dispatch_failures_offline,
+            ejection=EjectionPolicy(
+                after_failures=settings.eject_after_failures,
+                after_rejections=settings.eject_after_rejections,
+                base_s=settings.eject_base_s,
+                max_s=settings.eject_max_s,
+                reset_s=settings.eject_reset_s,
+                max_share=settings.eject_max_share,
+            ),
+            slot_grace_s=settings.slot_grace_s,
+            cancel_timeout_s=settings.cancel_timeout_s,
         ),
         health=HealthPolicy(
             timeout_s=settings.health_timeout_s,
@@ -63,43 +80,63 @@ def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
         chores_interval_s=settings.chores_interval_s,
         node_timeout_s=settings.node_timeout_s,
         allow_unbound_service_tokens=settings.unbound_service_tokens_allowed,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        max_unfinished_tasks=settings.max_unfinished_tasks,
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app. The store, client and loops start in the lifespan, not here."""
+def begin_shutdown(app: FastAPI, *, hurry: bool = False) -> None:
+    """A stop signal arrived (see `cli.serving.GracefulServer`): start the node's shutdown
+    now, before the HTTP server waits for open requests, so that long polls answer at once."""
+    coordinator: Coordinator | None = getattr(app.state, "coordinator", None)
+    if coordinator is not None:
+        coordinator.begin_shutdown(hurry=hurry)
+
+
+def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI:
+    """Build the app. The store, client and loops start in the lifespan, not here. `resolve`
+    replaces the system resolver in the registration check (tests hand in a stub)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One exit stack owns every resource: each is closed in reverse order of opening,
+        # and one that fails to close (a database already gone) still lets the rest close.
+        async with contextlib.AsyncExitStack() as resources:
+            await _start(app, resources)
+            yield
+
+    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> None:
         await upgrade(settings.database_url)
+        await verifier.start()  # loads the JWKS, if one is configured
         node_id = settings.node_id or Coordinator.new_node_id()
         store = SqlStore.open(
             settings.database_url, pool_size=settings.db_pool_size, node_id=node_id
         )
+        resources.push_async_callback(store.close)
         logs.set_node_id(node_id)
         observer = PrometheusObserver(node_id)
         app.state.metrics = observer
         client = AiohttpBackendClient(
-            max_response_bytes=settings.max_backend_response_bytes, node_id=node_id
+            max_response_bytes=settings.max_backend_response_bytes, node_id=node_id, guard=guard
         )
         await client.open()
+        resources.push_async_callback(client.close)
         coordinator = Coordinator(
             store=store,
             client=client,
-            tokens=JwtIssuer(settings.jwt_secret),
+            tokens=JwtIssuer(
+                verifier.keys.signing,
+                server_token_ttl_s=settings.server_token_ttl_s,
+                policy=policy_from(settings),
+            ),
             config=coordinator_config(settings, node_id),
             bus=open_bus(settings.database_url, node_id=node_id, send=store.notify),
             observer=observer,
         )
         app.state.coordinator = coordinator
+        resources.push_async_callback(coordinator.stop)  # first: it still needs the others
         await coordinator.start()
         log.info("taskyard node %s serving", coordinator.node_id)
-        try:
-            yield
-        finally:
-            await coordinator.stop()
-            await client.close()
-            await store.close()
 
     app = FastAPIOffline(
         title="taskyard",
@@ -109,9 +146,22 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JsonResponse,
         # Swagger UI's default fetches a badge from validator.swagger.io: no outside calls.
         swagger_ui_parameters={"validatorUrl": None},
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
     )
-    app.state.token_verifier = TokenVerifier(settings.jwt_secret)
+    verifier = TokenVerifier(keys_from(settings), policy=policy_from(settings))
+    app.state.token_verifier = verifier
     app.state.metrics_token = settings.metrics_token
+    guard = NetworkGuard.for_settings(
+        settings.env, settings.allowed_backend_networks, resolve=resolve
+    )
+    app.state.network_guard = guard
+    app.state.rate_limiter = RateLimiter(
+        creates=settings.rate_limit_creates,
+        requests=settings.rate_limit_requests,
+        storage_url=settings.rate_limit_storage,
+    )
+    app.state.open_waits = OpenWaits(settings.max_open_waits)
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)
@@ -128,6 +178,10 @@ def create_app(settings: Settings) -> FastAPI:
         result_max_bytes=settings.max_backend_response_bytes,
     )
     app.add_middleware(RequestId)
+    origins = settings.cors_origin_list
+    if origins:  # else no CORS headers at all
+        app.add_middleware(CORSMiddleware, **cors_options(origins))
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, preflights included
     _openapi_as_served(app)
     return app
 

@@ -9,8 +9,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from taskyard import auth, errors
 from taskyard.domain.service import Coordinator
+from taskyard.ratelimit import RateLimiter
 
-_bearer = HTTPBearer(auto_error=False, description="A JWT (HS256) with a `roles` array")
+_bearer = HTTPBearer(
+    auto_error=False, description="A JWT (HS256, or RS256/ES256 by JWKS) with a `roles` array"
+)
 
 
 async def get_coordinator(request: Request) -> Coordinator:
@@ -25,7 +28,15 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise errors.Unauthorized("Missing bearer token (Authorization: Bearer <JWT>)")
     verifier: auth.TokenVerifier = request.app.state.token_verifier
-    return verifier.verify(credentials.credentials)
+    principal = await verifier.verify_async(credentials.credentials)
+    if principal.registration is not None:
+        # A token issued for a server registration dies with it (delete, or a new registration).
+        coordinator: Coordinator = request.app.state.coordinator
+        await coordinator.check_registration(principal)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    await limiter.check(principal, method=request.method, route=route)
+    return principal
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]

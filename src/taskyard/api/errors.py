@@ -26,6 +26,8 @@ STATUS_BY_ERROR: list[tuple[type[errors.TaskyardError], int]] = [
     (errors.Forbidden, 403),
     (errors.Unauthorized, 401),
     (errors.InvalidInput, 400),
+    (errors.RateLimited, 429),
+    (errors.Unavailable, 503),
 ]
 
 
@@ -47,10 +49,29 @@ def error_response(
     return JsonResponse(body, status_code=status, headers=headers)
 
 
+def rate_limit_headers(exc: errors.RateLimited) -> dict[str, str]:
+    """`Retry-After` and the IETF draft's `RateLimit-*` fields (draft-ietf-httpapi-ratelimit)."""
+    headers = {
+        "Retry-After": str(exc.retry_after_s),
+        "RateLimit-Limit": str(exc.limit),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(exc.retry_after_s),
+    }
+    if exc.window_s is not None:
+        headers["RateLimit-Policy"] = f"{exc.limit};w={exc.window_s}"
+    return headers
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.TaskyardError)
     async def _domain(_request: Request, exc: errors.TaskyardError) -> JsonResponse:
-        return error_response(status_for(exc), exc.message)
+        headers = None
+        if isinstance(exc, errors.Unavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif isinstance(exc, errors.RateLimited):
+            headers = rate_limit_headers(exc)
+        details = exc.details if isinstance(exc, errors.InvalidInput) else None
+        return error_response(status_for(exc), exc.message, details, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JsonResponse:
@@ -119,12 +140,14 @@ def _template_regex(template: str) -> re.Pattern[str]:
 def documented(**descriptions: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for error statuses, e.g. `documented(e404="No such task")`.
 
-    400, 401 and 413 are documented everywhere with standard texts; a route adds or overrides
-    the rest by status (`e403=…`, `e409=…`).
+    400, 401, 413, 429 and 503 are documented everywhere with standard texts; a route adds or
+    overrides the rest by status (`e403=…`, `e409=…`).
     """
     texts = {
         "400": "Invalid body or parameters",
         "401": "Missing, invalid or expired token",
         "413": "Body too large",
+        "429": "Rate limit or quota exceeded (see Retry-After and RateLimit-*)",
+        "503": "The database is unreachable or busy, or the node is stopping (see Retry-After)",
     } | {name.removeprefix("e"): text for name, text in descriptions.items()}
     return {int(code): {"model": ErrorOut, "description": text} for code, text in texts.items()}

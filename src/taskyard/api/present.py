@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskyard.domain import stats
-from taskyard.domain.models import Node, Server, ServerStatus, Task
+from taskyard.domain.models import Node, Server, ServerState, ServerStatus, Task
 from taskyard.domain.waiting import Waiting
 
 
@@ -69,16 +69,28 @@ def server_out(server: Server) -> dict[str, Any]:
         "id": server.id,
         "name": server.name,
         "provider": server.provider,
-        "endpoints": {"predict": server.predict_url, "health": server.health_url},
+        "endpoints": {
+            "predict": server.predict_url,
+            "health": server.health_url,
+            "cancel": server.cancel_url,
+        },
         "async": server.is_async,
         "callback": server.callback,
         "max_concurrency": server.max_concurrency,
         "models": list(server.models),
         "weight": server.weight,
         "status": server.status.value,
+        "state": server.state.value,
+        "maintenance": {
+            "enabled": server.maintenance,
+            "reason": server.maintenance_reason,
+            "since": iso(server.maintenance_since),
+        },
+        "autoRemove": server.auto_remove,
         "lastHeartbeat": iso(server.last_heartbeat),
         "registeredAt": iso(server.registered_at),
         "inFlight": server.in_flight,
+        "heldSlots": server.held,
         "health": {
             "lastCheckAt": iso(server.last_check_at),
             "lastSuccessAt": iso(server.last_success_at),
@@ -89,6 +101,11 @@ def server_out(server: Server) -> dict[str, Any]:
             "nextCheckAt": iso(server.next_check_at) if server.health_url else None,
             "offlineSince": iso(server.offline_since),
             "lastError": server.last_error,
+            "ejected": server.ejected,
+            "ejectedUntil": iso(server.ejected_until),
+            "ejections": server.ejections,
+            "ejectionReason": server.ejection_reason,
+            "consecutiveRejections": server.consecutive_rejections,
         },
         "load": server.reported_load,
         "checkedBy": server.checked_by,
@@ -162,6 +179,9 @@ def stats_out(o: stats.Overview) -> dict[str, Any]:
             "online": len(online),
             "offline": len(servers) - len(online),
             "busy": sum(1 for s in online if s.free_slots == 0),
+            "byState": {
+                state.value: sum(1 for s in servers if s.state is state) for state in ServerState
+            },
         },
         "serverStats": [
             {

@@ -216,13 +216,20 @@ class TaskResultIn(JsonIn):
 
 
 _H16 = "[0-9A-Fa-f]{1,4}"
-_IPV6 = "|".join(  # the forms of RFC 4291 §2.2 (1) and (2), which `ipaddress` reads
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_IPV6 = "|".join(  # the forms of RFC 4291 §2.2, which `ipaddress` reads
     [
         f"({_H16}:){{7}}{_H16}",
         f"({_H16}:){{1,7}}:",
         f"({_H16}:){{1,6}}:{_H16}",
         *(f"({_H16}:){{1,{6 - n}}}(:{_H16}){{1,{n + 1}}}" for n in range(1, 6)),
         f":((:{_H16}){{1,7}}|:)",
+        # (3): an IPv4 address in the last 32 bits, e.g. ::ffff:127.0.0.1 (the SSRF guard
+        # judges it by that address); at most 7 groups in all, `::` standing for one or more.
+        f"({_H16}:){{6}}{_IPV4}",
+        f"::({_H16}:){{0,5}}{_IPV4}",
+        *(f"({_H16}:){{{n}}}:({_H16}:){{0,{5 - n}}}{_IPV4}" for n in range(1, 6)),
     ]
 )
 _PORT = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
@@ -272,8 +279,11 @@ class Endpoints(BaseModel):
 
     predict: Url
     health: Url | None = None
+    cancel: Url | None = Field(
+        None, description="POSTed `{task_id, attempt}` when a running task is cancelled"
+    )
 
-    _urls = field_validator("predict", "health")(_check_url)
+    _urls = field_validator("predict", "health", "cancel")(_check_url)
 
 
 class ServerRegister(JsonIn):
@@ -292,6 +302,39 @@ class ServerRegister(JsonIn):
         default_factory=list, max_length=1000
     )
     weight: float = Field(1.0, gt=0, le=1_000_000)
+    api_key: Text | None = Field(
+        None,
+        alias="apiKey",
+        min_length=1,
+        max_length=4096,
+        repr=False,
+        description="sent to the backend as `Authorization: Bearer` on predict, health and"
+        " cancel calls; never shown by any read",
+    )
+    auto_remove: bool = Field(
+        True,
+        alias="autoRemove",
+        description="false: never removed for being offline or stale (a static fleet)",
+    )
+
+
+class BulkOut(BaseModel):
+    changed: list[str] = Field(description="ids of the tasks changed, newest first")
+    count: int
+    more: bool = Field(description="matching tasks remain past the limit: call again")
+
+
+class MaintenanceIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    enabled: bool
+    reason: Text | None = Field(None, max_length=1000)
+
+
+class MaintenanceOut(BaseModel):
+    enabled: bool
+    reason: str | None
+    since: str | None
 
 
 class RegisterOut(BaseModel):
@@ -310,6 +353,11 @@ class HealthDetail(BaseModel):
     nextCheckAt: str | None
     offlineSince: str | None
     lastError: str | None
+    ejected: bool = Field(description="out of rotation for its dispatch results")
+    ejectedUntil: str | None = Field(description="end of the latest ejection")
+    ejections: int = Field(description="ejections in a row: each one lasts twice as long")
+    ejectionReason: Literal["failing", "rejecting"] | None
+    consecutiveRejections: int
 
 
 class ServerOut(BaseModel):
@@ -322,10 +370,18 @@ class ServerOut(BaseModel):
     max_concurrency: int
     models: list[str]
     weight: float
-    status: Literal["online", "offline"]
+    status: Literal["online", "offline"] = Field(description="what its health checks say")
+    state: Literal["online", "offline", "ejected", "draining", "maintenance"] = Field(
+        description="its place in the rotation (docs/servers.md)"
+    )
+    maintenance: MaintenanceOut
+    autoRemove: bool
     lastHeartbeat: str | None
     registeredAt: str
-    inFlight: int
+    inFlight: int = Field(description="running tasks plus held slots")
+    heldSlots: int = Field(
+        description="slots of cancelled or timed-out attempts its backend has not let go of"
+    )
     health: HealthDetail
     load: dict[str, Any] | None
     checkedBy: str | None = Field(None, description="the node that ran the last health check")
@@ -356,6 +412,10 @@ class HeartbeatOut(BaseModel):
     id: str
     success: bool
     lastHeartbeat: str
+    token: str = Field(
+        description="a fresh `service` token for this server (its registration's), to use from"
+        " now on: server tokens expire (TASKYARD_SERVER_TOKEN_TTL_S), heartbeats renew them"
+    )
 
 
 class CleanupIn(BaseModel):

@@ -62,6 +62,9 @@ class ServerCountsOut(BaseModel):
     online: int
     offline: int
     busy: int = Field(description="online with no free slot")
+    byState: dict[str, int] = Field(
+        description="servers per state: online, offline, ejected, draining, maintenance"
+    )
 
 
 class ServerStatOut(BaseModel):

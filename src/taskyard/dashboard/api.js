@@ -24,6 +24,12 @@ export const session = {
       return null;
     }
   },
+  /** False only when the token's claims say it has no role `admin`; true when unreadable
+   * (the API decides, and its 403 is shown). For hiding admin-only buttons, not for security. */
+  get mayAdminister() {
+    const claims = this.claims();
+    return !claims || claims.roles.includes("admin");
+  },
 };
 
 export class ApiError extends Error {
@@ -41,23 +47,44 @@ export class ApiError extends Error {
 }
 
 /** GET an API path ("/api/stats"); params: an object (arrays repeat) or URLSearchParams. */
-export async function get(path, params) {
-  // Relative to the page (…/dashboard/), so a reverse proxy's prefix is kept.
-  const url = new URL(`..${path}`, document.baseURI);
-  const query = params instanceof URLSearchParams ? params : new URLSearchParams();
-  if (!(params instanceof URLSearchParams)) {
-    for (const [key, value] of Object.entries(params || {})) {
-      for (const item of Array.isArray(value) ? value : [value]) {
-        if (item !== null && item !== undefined && item !== "") query.append(key, String(item));
-      }
+export function get(path, params) {
+  return request("GET", path, { params });
+}
+
+/** POST to an API path: params go in the query string, body (if any) as JSON. */
+export function post(path, params, body) {
+  return request("POST", path, { params, body });
+}
+
+/** PUT a JSON body to an API path. */
+export function put(path, body) {
+  return request("PUT", path, { body });
+}
+
+function toQuery(params) {
+  if (params instanceof URLSearchParams) return params;
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params || {})) {
+    for (const item of Array.isArray(value) ? value : [value]) {
+      if (item !== null && item !== undefined && item !== "") query.append(key, String(item));
     }
   }
-  url.search = query.toString();
+  return query;
+}
+
+async function request(method, path, { params, body } = {}) {
+  // Relative to the page (…/dashboard/), so a reverse proxy's prefix is kept.
+  const url = new URL(`..${path}`, document.baseURI);
+  url.search = toQuery(params).toString();
   const token = session.token;
+  const headers = { Accept: "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(url, {
-      headers: { Accept: "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
       referrerPolicy: "no-referrer",
@@ -65,18 +92,18 @@ export async function get(path, params) {
   } catch (err) {
     throw new ApiError(0, `cannot reach taskyard (${err.message})`);
   }
-  let body = null;
+  let answer = null;
   try {
-    body = await response.json();
+    answer = await response.json();
   } catch {
-    body = null;
+    answer = null;
   }
   if (!response.ok) {
     const message =
-      body && typeof body.error === "string" ? body.error : `HTTP ${response.status} ${response.statusText}`;
-    throw new ApiError(response.status, message, body ? body.details : undefined);
+      answer && typeof answer.error === "string" ? answer.error : `HTTP ${response.status} ${response.statusText}`;
+    throw new ApiError(response.status, message, answer ? answer.details : undefined);
   }
-  return body;
+  return answer;
 }
 
 /** Settle several requests; a token rejection from any of them is thrown, other failures are

@@ -198,6 +198,18 @@ export function notice(kind, ...children) {
   return h("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : null }, ...children);
 }
 
+/** Show one notice in a persistent result area (kind: ok, info, warn, error). */
+export function showResult(area, kind, ...children) {
+  area.replaceChildren(notice(kind, ...children));
+  area.hidden = false;
+}
+
+/** An action's failure in words: the API's `error`, and the HTTP status when there was one. */
+export function failure(err) {
+  const message = err && err.message ? err.message : String(err);
+  return err && err.status ? `${message} (HTTP ${err.status})` : message;
+}
+
 const JSON_DISPLAY_LIMIT = 200_000; // characters
 
 export function jsonBlock(value) {

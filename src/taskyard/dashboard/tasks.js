@@ -1,7 +1,8 @@
-// Tasks: the search (filters in the URL's hash, paging by cursor) and one task's detail.
+// Tasks: the search (filters in the URL's hash, paging by cursor, retry or cancel everything it
+// matches) and one task's detail (with Retry or Cancel).
 
-import { ApiError, get } from "./api.js";
-import { at, badge, between, card, clock, facts, h, hashWithQuery, jsonBlock, link, notice, num, shortId, table, toDate, when } from "./dom.js";
+import { ApiError, get, post, session } from "./api.js";
+import { at, badge, between, card, clock, facts, failure, h, hashWithQuery, jsonBlock, link, notice, num, shortId, showResult, table, toDate, when } from "./dom.js";
 import { outcome } from "./servers.js";
 
 const STATUSES = ["WAITING", "PROCESSING", "FINISHED", "FAILED", "CANCELLED"];
@@ -13,6 +14,13 @@ const TEXT_FILTERS = [
   ["error_code", "error code", "e.g. backend_error"],
 ];
 const LIMITS = ["25", "50", "100", "200"];
+const BULK_STEP = 100; // tasks per bulk call (the API's default `limit`)
+
+// The bulk actions of the search: which statuses each applies to, and its words.
+const BULK = {
+  retry: { path: "/api/tasks/retry", statuses: ["FAILED", "CANCELLED"], verb: "Retry", doing: "Retrying", done: "retried" },
+  cancel: { path: "/api/tasks/cancel", statuses: ["WAITING", "PROCESSING"], verb: "Cancel", doing: "Cancelling", done: "cancelled" },
+};
 
 /** The page sizes on offer, with the one in the URL among them. */
 function limits(current) {
@@ -46,6 +54,9 @@ export function tasksView(params) {
     { class: "page" },
     h("div", { class: "page-head" }, h("h1", null, "Tasks"), h("span", { class: "muted" }, "newest first")),
     filterForm(filters),
+    // Only an admin may act in bulk; a token whose roles cannot be read gets the bar, and the
+    // API's 403 if it comes to that.
+    session.mayAdminister ? bulkBar(filters, () => reload()) : null,
     results,
   );
   const cursors = [null]; // the cursor of each page so far: "previous" pops one
@@ -79,13 +90,124 @@ export function tasksView(params) {
 
   function move(change) {
     change();
+    reload();
+  }
+
+  function reload() {
+    last = "";
     refresh().catch((err) => {
-      // the refresh loop reports errors; a paging click must not leave an unhandled rejection
+      // the refresh loop reports errors; a click must not leave an unhandled rejection
       if (!(err instanceof ApiError)) console.error(err);
     });
   }
 
   return { root, refresh };
+}
+
+/** The filters in words: "status FAILED or CANCELLED · model upscale"; "" for none. */
+function describe(filters) {
+  const parts = [];
+  const statuses = filters.getAll("status");
+  if (statuses.length) parts.push(`status ${statuses.join(" or ")}`);
+  for (const [key, label] of TEXT_FILTERS) if (filters.has(key)) parts.push(`${label} ${filters.get(key)}`);
+  if (filters.has("created_after")) parts.push(`created after ${clock(Number(filters.get("created_after")))}`);
+  if (filters.has("created_before")) parts.push(`created before ${clock(Number(filters.get("created_before")))}`);
+  return parts.join(" · ");
+}
+
+/** "Retry all matching" and "Cancel all matching": a confirmation, then the API's bulk route
+ * with the search's filters, BULK_STEP tasks a call, offering the next step while `more`. */
+function bulkBar(filters, changed) {
+  const query = new URLSearchParams();
+  for (const [key, value] of filters) if (key !== "limit") query.append(key, value);
+  query.set("limit", String(BULK_STEP));
+  const chosen = filters.getAll("status");
+  const bar = h("section", { class: "card bulk", id: "bulk-actions", "aria-live": "polite" });
+  let total = 0; // tasks changed by this run of the action, over every "go on"
+
+  /** The statuses of `kind` that the filters let through (none: the action has nothing to do). */
+  const applicable = (kind) => BULK[kind].statuses.filter((x) => !chosen.length || chosen.includes(x));
+
+  function idle(...message) {
+    const buttons = Object.entries(BULK).map(([kind, spec]) => {
+      const statuses = applicable(kind);
+      return h(
+        "button",
+        {
+          type: "button",
+          class: kind === "cancel" ? "button danger" : "button",
+          id: `bulk-${kind}`,
+          disabled: !statuses.length,
+          title: statuses.length ? `${spec.verb} the ${statuses.join(" and ")} tasks these filters match` : `These filters match no ${spec.statuses.join(" or ")} task`,
+          onclick: () => ask(kind),
+        },
+        `${spec.verb} all matching…`,
+      );
+    });
+    bar.replaceChildren(
+      h("div", { class: "bulk-row" }, h("span", { class: "bulk-title" }, "Bulk"), ...buttons, h("span", { class: "muted small" }, `Filters: ${describe(filters) || "none (every task)"}`)),
+      ...message,
+    );
+  }
+
+  function ask(kind) {
+    const spec = BULK[kind];
+    const matching = describe(filters);
+    total = 0;
+    bar.replaceChildren(
+      notice(
+        "warn",
+        h("strong", null, `${spec.verb} every ${applicable(kind).join(" or ")} task${matching ? ` matching ${matching}` : ", with no filter"}?`),
+        ` Newest first, at most ${BULK_STEP} per step.`,
+        kind === "retry" ? " Each goes back to WAITING with its id and history." : " Running ones are cancelled too.",
+      ),
+      h(
+        "div",
+        { class: "bulk-row" },
+        h("button", { type: "button", class: kind === "cancel" ? "button danger-solid" : "button primary", id: "bulk-confirm", onclick: () => run(kind) }, `Yes, ${spec.verb.toLowerCase()} them`),
+        h("button", { type: "button", class: "button subtle", id: "bulk-back", onclick: () => idle() }, "Back"),
+      ),
+    );
+    bar.querySelector("#bulk-confirm").focus();
+  }
+
+  async function run(kind) {
+    const spec = BULK[kind];
+    for (const button of bar.querySelectorAll("button")) button.disabled = true;
+    bar.append(h("p", { class: "muted", id: "bulk-busy" }, `${spec.doing}…`));
+    let answer;
+    try {
+      answer = await post(spec.path, query);
+    } catch (err) {
+      idle(notice("error", h("strong", null, `${spec.verb} failed: `), failure(err)));
+      return;
+    }
+    total += answer.count;
+    const result = h(
+      "span",
+      { id: "bulk-result", "data-count": answer.count },
+      `${num(answer.count)} ${spec.done}`,
+      total !== answer.count ? ` (${num(total)} in all)` : "",
+      answer.more ? `; more tasks match.` : answer.count ? "." : ": nothing matched.",
+    );
+    changed();
+    if (!answer.more) {
+      idle(notice("ok", result));
+      return;
+    }
+    bar.replaceChildren(
+      notice("ok", result),
+      h(
+        "div",
+        { class: "bulk-row" },
+        h("button", { type: "button", class: kind === "cancel" ? "button danger-solid" : "button primary", id: "bulk-continue", onclick: () => run(kind) }, `${spec.verb} the next ${BULK_STEP}`),
+        h("button", { type: "button", class: "button subtle", id: "bulk-back", onclick: () => idle() }, "Stop here"),
+      ),
+    );
+  }
+
+  idle();
+  return bar;
 }
 
 function badFilter(err) {
@@ -241,36 +363,74 @@ const WAITING_REASONS = {
   queued: "Queued: goes with the next dispatch",
 };
 
+// Retry and Cancel on a task's page: the statuses each applies to, and its words.
+const TASK_ACTIONS = {
+  retry: { statuses: ["FAILED", "CANCELLED"], label: "Retry", cls: "button primary", done: "Retried: back in the queue with the same id; its attempts so far stay below." },
+  cancel: { statuses: ["WAITING", "PROCESSING"], label: "Cancel task", cls: "button danger", done: "Cancelled." },
+};
+
 export function taskView(id) {
   const root = h("div", { class: "page" });
+  // Kept across re-renders, so the answer to a click stays on screen while the page refreshes.
+  const result = h("div", { class: "action-result", id: "task-action-result", hidden: true, "aria-live": "polite" });
   let last = "";
+  let sequence = 0; // an action refreshes at once: the loop's older answer must not win
 
   async function refresh() {
+    const mine = ++sequence;
     let body;
     try {
       body = await get(`/api/task/${encodeURIComponent(id)}`);
     } catch (err) {
+      if (mine !== sequence) return;
       if (!(err instanceof ApiError) || err.status !== 404) throw err;
       root.replaceChildren(back(), notice("error", `No task ${id} (or not one this token may see).`));
       last = "";
       return;
     }
+    if (mine !== sequence) return;
     const key = JSON.stringify(body);
     if (key === last) return;
     last = key;
-    root.replaceChildren(...renderTask(body.taskDetails));
+    const [crumbs, head, ...rest] = renderTask(body.taskDetails, act);
+    root.replaceChildren(crumbs, head, result, ...rest);
+  }
+
+  async function act(kind) {
+    const spec = TASK_ACTIONS[kind];
+    for (const button of root.querySelectorAll(".task-actions button")) button.disabled = true;
+    try {
+      await post(`/api/task/${encodeURIComponent(id)}/${kind}`);
+      showResult(result, "ok", spec.done);
+    } catch (err) {
+      showResult(result, "error", h("strong", null, `${spec.label} failed: `), failure(err));
+    }
+    last = ""; // re-render even if nothing changed, so the buttons come back
+    try {
+      await refresh();
+    } catch (err) {
+      // the refresh loop reports it on its next turn
+      if (!(err instanceof ApiError)) console.error(err);
+    }
   }
   return { root, refresh };
+}
+
+function taskActions(t, act) {
+  const buttons = Object.entries(TASK_ACTIONS)
+    .filter(([, spec]) => spec.statuses.includes(t.status))
+    .map(([kind, spec]) => h("button", { type: "button", class: spec.cls, id: `task-${kind}`, onclick: () => act(kind) }, spec.label));
+  return buttons.length ? h("div", { class: "task-actions" }, buttons) : null;
 }
 
 function back() {
   return h("p", { class: "crumbs" }, h("a", { href: "#/tasks", id: "back-to-tasks" }, "← Tasks"));
 }
 
-function renderTask(t) {
+function renderTask(t, act) {
   const out = [
     back(),
-    h("div", { class: "page-head" }, h("h1", { class: "mono" }, t.id), badge(t.status)),
+    h("div", { class: "page-head" }, h("h1", { class: "mono" }, t.id), badge(t.status), taskActions(t, act)),
   ];
   if (t.status === "WAITING" && t.waiting) out.push(waitingNotice(t.waiting));
   if (t.status === "FAILED") {

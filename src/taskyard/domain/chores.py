@@ -4,6 +4,7 @@ run only on the node holding the "chores" lease, so they happen once, not once p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from taskyard.domain.service import Coordinator
 
 CHORES_LEASE = "chores"
+PURGE_CHUNK = 1_000  # tasks deleted per transaction
+PURGE_CHUNKS_PER_ROUND = 50
 
 
 class Chores(Wakeable):
@@ -45,8 +48,11 @@ class Chores(Wakeable):
             dead = [n.id for n in nodes if n.id not in live]
             await self.recover_lost_nodes(dead)
             await self.remove_offline_servers(now)
-            await c.store.purge_tasks(finished_before=now - int(c.config.result_retention_s * 1000))
+            await self.purge_old_results(now)
             await c.store.prune_tallies(before=now - stats.RETENTION_MS)
+            if await c.store.prune_holds(now=now):  # slots whose grace is over are free
+                c.dispatcher.wake()
+                c.bus.work()
         return c.config.chores_interval_s
 
     @property
@@ -70,13 +76,28 @@ class Chores(Wakeable):
                 )
             await c.store.delete_nodes(dead)
             c.bus.nodes()
-        lost = await c.store.orphaned_attempts()
+        # A page at a time: a dead node may have left thousands; the rest follow next round.
+        lost = await c.store.orphaned_attempts(limit=c.dispatcher.policy.batch)
         if lost:
             await c.dispatcher.requeue(
                 lost,
                 error="coordinator lost before the backend answered",
                 code=ErrorCode.NODE_LOST,
+                hold=True,  # the backend may still be running them
             )
+
+    async def purge_old_results(self, now: int) -> int:
+        """Delete tasks past their retention, a chunk per transaction, at most
+        `PURGE_CHUNKS_PER_ROUND` chunks a round (the rest follow next round)."""
+        cutoff = now - int(self.c.config.result_retention_s * 1000)
+        purged = 0
+        for _ in range(PURGE_CHUNKS_PER_ROUND):
+            deleted = await self.c.store.purge_tasks(finished_before=cutoff, limit=PURGE_CHUNK)
+            purged += deleted
+            if deleted < PURGE_CHUNK:
+                break
+            await asyncio.sleep(0)  # let the hot writes in between chunks
+        return purged
 
     async def remove_offline_servers(self, now: int) -> None:
         """Servers the health monitor does not cover (no health URL) expire here too."""

@@ -10,19 +10,23 @@ online) or until the poll interval passes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskyard.domain import dispatch, lifecycle
+from taskyard.domain.accounting import ServerAccounts
+from taskyard.domain.cancels import CancelSender
+from taskyard.domain.ejection import EjectionPolicy
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import (
     FINAL_STATUSES,
     ErrorCode,
     Server,
-    ServerStatus,
+    SlotHold,
     Task,
     TaskStatus,
     now_ms,
@@ -40,6 +44,8 @@ from taskyard.domain.ports import (
 log = logging.getLogger(__name__)
 
 CALLBACK_TOKEN_GRACE_S = 60.0  # a callback token outlives its attempt's deadline by this much
+RECORD_RETRY_BASE_S = 0.1  # a reply that failed to be recorded is tried again after this,
+RECORD_RETRY_MAX_S = 2.0  # doubling up to this, until the attempt's deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,12 @@ class DispatchPolicy:
     poll_s: float = 0.5  # seconds
     coalesce_s: float = 0.003  # seconds a woken pass waits for more work to arrive
     batch: int = 256
-    failures_offline: int = 2  # consecutive failed predicts that take a server out of rotation
+    ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
+    # How long past its deadline an ended attempt's slot stays counted if the backend never
+    # says it let go (no cancel endpoint, no late report): a backend may still be running it.
+    slot_grace_s: float = 30.0
+    cancel_timeout_s: float = 5.0
+    cancel_retry_max_s: float = 10.0
 
 
 class Dispatcher(Wakeable):
@@ -76,6 +87,11 @@ class Dispatcher(Wakeable):
         self._last_sweep = 0.0
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
         self._record_failures = FailureLog("recording backend replies", logger=log)
+        self._cancels_due = False  # a cancel was recorded here: send it without waiting
+        self.accounts = ServerAccounts(store=store, policy=policy.ejection)
+        self.cancels = CancelSender(
+            store=store, client=client, policy=policy, spawn=self._spawn, freed=self.wake
+        )
 
     async def run(self) -> None:
         await self.repeat("dispatcher", self.step)
@@ -107,6 +123,10 @@ class Dispatcher(Wakeable):
         if now - self._last_sweep >= self.policy.poll_s * 1000:
             self._last_sweep = now
             await self.sweep(now)
+            self._cancels_due = True
+        if self._cancels_due:
+            self._cancels_due = False
+            await self.send_cancels(now)
         if await self.dispatch_due(now):
             return 0.0  # a full batch went out: there may be more
         return self._idle_pause(now)
@@ -154,6 +174,8 @@ class Dispatcher(Wakeable):
                 due = update.values.get("next_attempt_at")
                 if ok and due is not None and (self._next_retry_at or due + 1) > due:
                     self._next_retry_at = due
+                if ok and update.hold is not None and update.hold.cancel_due_at is not None:
+                    self._cancels_due = True
             if wake:
                 self.wake()
         return won
@@ -169,6 +191,7 @@ class Dispatcher(Wakeable):
             task_id=task.id,
             attempt=task.attempt,
             ttl_s=task.timeout_s + CALLBACK_TOKEN_GRACE_S,
+            registration=server.revision,  # dies with the registration (auth.py)
         )
         payload = {
             "task_id": task.id,
@@ -178,14 +201,28 @@ class Dispatcher(Wakeable):
             "callback_token": token,
             "attempt": task.attempt,
         }
-        reply = await self.client.predict(server.predict_url, payload, timeout_s=task.timeout_s)
-        try:
-            await self.record_reply(task, server, reply)
-        except Exception:
-            # The task is safe in the database; the deadline sweep will move it on.
-            self._record_failures.failed(task_id=task.id, server_id=server.id)
-        else:
-            self._record_failures.succeeded()
+        reply = await self.client.predict(
+            server.predict_url, payload, timeout_s=task.timeout_s, api_key=server.api_key
+        )
+        await self._record_until_done(task, server, reply)
+
+    async def _record_until_done(self, task: Task, server: Server, reply: PredictReply) -> None:
+        """Record `reply`, trying again (backing off up to RECORD_RETRY_MAX_S) while the
+        database fails, until the attempt's deadline: a synchronous result exists only in
+        this process, and if it is not stored, the deadline sweep sends the task again."""
+        delay_s = RECORD_RETRY_BASE_S
+        while True:
+            try:
+                await self.record_reply(task, server, reply)
+            except Exception:
+                self._record_failures.failed(task_id=task.id, server_id=server.id)
+                if task.deadline_at is None or now_ms() + delay_s * 1000 >= task.deadline_at:
+                    return  # the task is safe in the database; the sweep moves it on
+                await asyncio.sleep(delay_s)
+                delay_s = min(RECORD_RETRY_MAX_S, delay_s * 2)
+            else:
+                self._record_failures.succeeded()
+                return
 
     async def record_reply(self, task: Task, server: Server, reply: PredictReply) -> None:
         now = now_ms()
@@ -196,16 +233,41 @@ class Dispatcher(Wakeable):
             update, _ = lifecycle.acknowledge(task, progress=None, now=now)
         elif reply.kind is ReplyKind.REJECTED:
             error = f"rejected by {server.id}: {reply.error}"
-            update, _ = lifecycle.fail(task, error=error, code=ErrorCode.BACKEND_REJECTED, now=now)
+            others = await self._others_serve(task, server.id)
+            update, _ = lifecycle.reject(
+                task, server_id=server.id, error=error, now=now, others_serve=others
+            )
         elif reply.kind is ReplyKind.TOO_LARGE:
             error = f"{server.id}: {reply.error}"
             code = ErrorCode.RESPONSE_TOO_LARGE
             update, _ = lifecycle.fail(task, error=error, code=code, now=now)
         else:
-            code = ErrorCode.TIMEOUT if reply.kind is ReplyKind.TIMEOUT else ErrorCode.BACKEND_ERROR
+            timed_out = reply.kind is ReplyKind.TIMEOUT
+            code = ErrorCode.TIMEOUT if timed_out else ErrorCode.BACKEND_ERROR
             update, _ = self._retry(task, error=f"{server.id}: {reply.error}", code=code, now=now)
-        await self.apply([update])  # frees a slot, or the task is waiting again
-        await self._passive_health(server, reply)
+            if timed_out:  # the backend may still be running it: hold its slot, cancel it
+                update = dataclasses.replace(update, hold=self._hold(task, now))
+        # The server's account first: ejected before the task's update frees its slot, a
+        # failing server is not handed the next task in the meantime.
+        await self.accounts.record(server, reply)
+        recorded = (await self.apply([update]))[0]  # frees a slot, or the task waits again
+        # If it was cancelled (or timed out) meanwhile, the backend's answer is its letting go;
+        # the client giving up (or a 202) is not, and the slot stays held until its cancel.
+        let_go = not recorded and reply.let_go
+        if let_go and await self.store.release_holds(task.id, attempt=task.attempt):
+            self.wake()
+
+    async def _others_serve(self, task: Task, server_id: str) -> bool:
+        """Whether a server other than those that refused the task serves its model."""
+        refusers = task.rejected_by | {server_id}
+        return any(
+            s.serves(task.model) and s.id not in refusers for s in await self.store.list_servers()
+        )
+
+    def _hold(self, task: Task, now: int, *, until: int | None = None) -> SlotHold | None:
+        """Keep the slot of the task's ended attempt counted (see `SlotHold`), and cancel it."""
+        grace_ms = int(self.policy.slot_grace_s * 1000)
+        return lifecycle.hold_slot(task, until=(until or now) + grace_ms, cancel_at=now)
 
     def _retry(
         self, task: Task, *, error: str, code: ErrorCode, now: int
@@ -220,46 +282,32 @@ class Dispatcher(Wakeable):
             retry_max_s=self.policy.retry_max_s,
         )
 
-    async def _passive_health(self, server: Server, reply: PredictReply) -> None:
-        """A failing predict counts against the server before its next scheduled check."""
-        if reply.kind in _SERVER_ANSWERED:
-            if server.dispatch_failures:
-                await self.store.update_server(server.id, {"dispatch_failures": 0})
-            return
-        fresh = await self.store.get_server(server.id)
-        if fresh is None:
-            return
-        failures = fresh.dispatch_failures + 1
-        values: dict[str, Any] = {"dispatch_failures": failures}
-        if reply.connect_failed or failures >= self.policy.failures_offline:
-            values |= {"status": ServerStatus.OFFLINE, "last_error": reply.error}
-            if fresh.status is not ServerStatus.OFFLINE:
-                values["offline_since"] = now_ms()
-        if await self.store.update_server(server.id, values) and "offline_since" in values:
-            log.warning(
-                "server %s offline: out of rotation after %d failed dispatch%s: %s",
-                server.id,
-                failures,
-                "" if failures == 1 else "es",
-                reply.error,
-                extra={"server_id": server.id},
-            )
-
     async def sweep(self, now: int) -> None:
         """Abandon attempts past their deadline; fail tasks past their queue deadline."""
         updates: list[TaskUpdate] = []
         for task in await self.store.expired_attempts(now=now, limit=self.policy.batch):
             error = f"no result from {task.server_id} within {task.timeout_s:g} s"
-            updates.append(self._retry(task, error=error, code=ErrorCode.TIMEOUT, now=now)[0])
+            update = self._retry(task, error=error, code=ErrorCode.TIMEOUT, now=now)[0]
+            # The backend may still be running it: its slot stays held, and it is cancelled.
+            updates.append(dataclasses.replace(update, hold=self._hold(task, now)))
         for task in await self.store.expired_in_queue(now=now, limit=self.policy.batch):
             updates.append(lifecycle.expire_in_queue(task, now=now))
         if updates:
             await self.apply(updates)
 
-    async def requeue(self, tasks: list[Task], *, error: str, code: ErrorCode) -> None:
-        """Move running attempts back to the queue (their server or coordinator is gone)."""
+    async def requeue(
+        self, tasks: list[Task], *, error: str, code: ErrorCode, hold: bool = False
+    ) -> None:
+        """Move running attempts back to the queue (their server or coordinator is gone).
+        `hold`: their backend may still be running them (their coordinator died): keep their
+        slots counted until a grace past their deadline, and cancel them."""
         now = now_ms()
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
+        if hold:
+            updates = [
+                dataclasses.replace(u, hold=self._hold(t, now, until=t.deadline_at))
+                for u, t in zip(updates, tasks, strict=True)
+            ]
         if not updates:
             return
         won = await self.apply(updates)  # those out of attempts are FAILED, and logged so
@@ -277,6 +325,10 @@ class Dispatcher(Wakeable):
                     extra={"task_id": task.id, "server_id": task.server_id},
                 )
 
+    async def send_cancels(self, now: int) -> None:
+        """Send the cancels owed to backends that are due (see `CancelSender`)."""
+        await self.cancels.send_due(now)
+
 
 def _log_failed(update: TaskUpdate) -> None:
     """A task just ended FAILED: which, where, why (the error is the task's, never a payload)."""
@@ -290,12 +342,6 @@ def _log_failed(update: TaskUpdate) -> None:
     )
 
 
-# Replies that show the server up and working, whatever they mean for the task.
-_SERVER_ANSWERED = frozenset(
-    {ReplyKind.OK, ReplyKind.ACCEPTED, ReplyKind.REJECTED, ReplyKind.TOO_LARGE}
-)
-
-
 class _Claim:
     """One dispatch pass's plan, made inside the store's claim transaction."""
 
@@ -306,7 +352,7 @@ class _Claim:
         self.full_batch = False
 
     def plan(self, servers: list[Server], waiting: WaitingReader) -> list[TaskUpdate]:
-        usable = [s for s in servers if s.status is ServerStatus.ONLINE and s.free_slots > 0]
+        usable = [s for s in servers if s.in_rotation and s.free_slots > 0]
         free = sum(s.free_slots for s in usable)
         if free == 0:
             return []
@@ -316,7 +362,14 @@ class _Claim:
         limit = min(self.policy.batch, free * 2 + 16)
         tasks = waiting(limit, models)
         self.full_batch = len(tasks) == limit
-        for assignment in dispatch.assign(tasks, usable, self.rng):
+        assignments = dispatch.assign(
+            tasks,
+            servers,  # all of them: the panic threshold counts the ejected too
+            self.rng,
+            now=self.now,
+            max_ejected_share=self.policy.ejection.max_share,
+        )
+        for assignment in assignments:
             self.servers.append(assignment.server)
             self.starts.append(
                 lifecycle.start_attempt(

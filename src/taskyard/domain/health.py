@@ -10,6 +10,7 @@ any change of membership or of the server list hands servers over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import random
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskyard.domain import ejection, registry
 from taskyard.domain.cluster import Membership
 from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import Server, ServerStatus, now_ms
@@ -53,7 +55,6 @@ def next_state(
         values: dict[str, Any] = {
             "consecutive_successes": successes,
             "consecutive_failures": 0,
-            "dispatch_failures": 0,
             "last_success_at": now,
             "offline_since": None,
             "last_error": None,
@@ -61,6 +62,13 @@ def next_state(
             # it offline meanwhile, and a passing check is what brings it back.
             "status": ServerStatus.ONLINE,
         }
+        if server.ejected:
+            # A passing check re-admits an ejected server only once its time is over; until
+            # then it stays out, with the ejection's reason as its last error.
+            if ejection.may_readmit(server, now=now):
+                values |= ejection.READMITTED
+            else:
+                del values["last_error"]
     else:
         interval = policy.interval_min_s
         values = {
@@ -83,6 +91,11 @@ def describe_change(server: Server, reply: HealthReply, *, now: int) -> tuple[in
     """What a check did to `server` (as read before it), for the log: a level and the new
     state with its reason; None when nothing an operator needs changed (pure)."""
     if reply.healthy:
+        if server.ejected and ejection.may_readmit(server, now=now):
+            return (
+                logging.INFO,
+                f"re-admitted: health check passed after its ejection ({server.ejection_reason})",
+            )
         if server.status is ServerStatus.ONLINE:
             return None
         if server.last_success_at is None:
@@ -187,7 +200,8 @@ class HealthMonitor(Wakeable):
         for server in await self.store.list_servers():
             if not server.health_url or not self.membership.owns(server.id):
                 self.forget(server.id)
-            elif server.id not in self._due:
+            elif server.id not in self._due or server.next_check_at < self._due[server.id]:
+                # New here, or asked to be checked sooner (back from maintenance elsewhere).
                 self.schedule(
                     server.id, max(server.next_check_at, now + self._rng.randrange(spread_ms))
                 )
@@ -211,19 +225,22 @@ class HealthMonitor(Wakeable):
         if server is None or not server.health_url or not self.membership.owns(server_id):
             self.forget(server_id)
             return
-        reply = await self._probe(server.health_url)
+        reply = await self._probe(server.health_url, api_key=server.api_key)
         self.observer.health_checked(server_id, healthy=reply.healthy)
         now = now_ms()
         values = next_state(server, reply, now=now, policy=self.policy)
         values["checked_by"] = self.membership.node_id
         self.checks_done += 1
-        offline_since = values.get("offline_since")
-        if offline_since and now - offline_since > self.policy.offline_removal_s * 1000:
+        checked = dataclasses.replace(server, **values)
+        limit_ms = int(self.policy.offline_removal_s * 1000)
+        if registry.offline_too_long(checked, now=now, limit_ms=limit_ms):
             self.forget(server_id)
             await self._on_expired(server_id)  # logs the removal and its reason
             return
-        if not await self.store.update_server(server_id, values):
-            self.forget(server_id)  # deleted while we checked
+        # Only onto the registration that was checked: one replaced or deleted meanwhile wins.
+        if not await self.store.update_server(server_id, values, revision=server.revision):
+            if await self.store.get_server(server_id) is None:
+                self.forget(server_id)
             return
         if server_id not in self._due:  # a fresh registration may have rescheduled it
             self.schedule(server_id, values["next_check_at"])
@@ -234,11 +251,12 @@ class HealthMonitor(Wakeable):
         if server.status is not ServerStatus.ONLINE and reply.healthy:
             self._on_online(server_id)
 
-    async def _probe(self, url: str) -> HealthReply:
-        reply = await self.client.health(url, timeout_s=self.policy.timeout_s)
+    async def _probe(self, url: str, *, api_key: str | None) -> HealthReply:
+        timeout_s = self.policy.timeout_s
+        reply = await self.client.health(url, timeout_s=timeout_s, api_key=api_key)
         for _ in range(self.policy.retries):
             if reply.healthy or not reply.network_error or self.stopping:
                 break
             await asyncio.sleep(self.policy.retry_delay_s)
-            reply = await self.client.health(url, timeout_s=self.policy.timeout_s)
+            reply = await self.client.health(url, timeout_s=timeout_s, api_key=api_key)
         return reply

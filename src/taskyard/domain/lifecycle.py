@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from taskyard.domain.dispatch import retry_delay_s
-from taskyard.domain.models import AttemptRecord, ErrorCode, Task, TaskStatus
+from taskyard.domain.models import AttemptRecord, ErrorCode, SlotHold, Task, TaskStatus
 from taskyard.domain.ports import TaskUpdate
 from taskyard.domain.tallies import CANCELLED, OK, Event, Tally
 
@@ -73,10 +73,11 @@ def fail(
     now: int,
     result: Any = None,
     attempt_error: str | None = None,
+    attempt_code: ErrorCode | None = None,
 ) -> tuple[TaskUpdate, Task]:
-    """The running attempt failed for good: FAILED, no retry. `attempt_error` (default `error`)
-    goes into the attempt's record, `error` onto the task."""
-    values = _close(task, now=now, error=attempt_error or error, code=code) | {
+    """The running attempt failed for good: FAILED, no retry. `attempt_error` and
+    `attempt_code` (default `error`, `code`) go into the attempt's record, those onto the task."""
+    values = _close(task, now=now, error=attempt_error or error, code=attempt_code or code) | {
         "status": TaskStatus.FAILED,
         "error": error,
         "error_code": code.value,
@@ -86,7 +87,7 @@ def fail(
         values["result"] = result
     tallies = (
         Tally(Event.FAILED, now, task.model, code=code.value),
-        *_attempt_ended(task, now, code.value),
+        *_attempt_ended(task, now, (attempt_code or code).value),
         *_processed(task, now),
     )
     return _on_attempt(task, values, tallies), _evolve(task, values)
@@ -103,7 +104,7 @@ def retry_or_fail(
     retry_max_s: float,
 ) -> tuple[TaskUpdate, Task]:
     """The running attempt failed: back to WAITING after a backoff, or FAILED when out of tries."""
-    if task.attempt >= task.max_attempts:
+    if task.attempts_left <= 0:
         summary = f"{error} (after {task.attempt} attempts)"
         return fail(task, error=summary, code=code, now=now, attempt_error=error)
     delay = retry_delay_s(task.attempt, base_s=retry_base_s, max_s=retry_max_s, rng=rng)
@@ -115,6 +116,89 @@ def retry_or_fail(
         "next_attempt_at": now + int(delay * 1000),
     }
     return _on_attempt(task, values, _attempt_ended(task, now, code.value)), _evolve(task, values)
+
+
+def reject(
+    task: Task, *, server_id: str, error: str, now: int, others_serve: bool
+) -> tuple[TaskUpdate, Task]:
+    """The running attempt was refused (a 4xx that is not 408/409/429) by `server_id`.
+
+    Once is the server's word: the task goes back to the queue at once, never to that server
+    again, if another server serves its model and attempts remain. Refused by two different
+    servers, it fails as its own fault (`rejected`); refused by the only server there is, it
+    fails `backend_rejected`. Each refusal stays in the attempt history.
+    """
+    refusers = task.rejected_by | {server_id}
+    code = ErrorCode.BACKEND_REJECTED
+    if len(refusers) >= 2:
+        answers = "; ".join(
+            f"{a.server_id}: {a.error}"
+            for a in task.attempts[task.attempt_base :]
+            if a.error_code == ErrorCode.BACKEND_REJECTED
+        )
+        summary = f"rejected by {len(refusers)} servers ({answers}; {error})"
+        return fail(
+            task,
+            error=summary,
+            code=ErrorCode.REJECTED,
+            now=now,
+            attempt_error=error,
+            attempt_code=code,
+        )
+    if not others_serve or task.attempts_left <= 0:
+        return fail(task, error=error, code=code, now=now)
+    values = _close(task, now=now, error=error, code=code) | {
+        "status": TaskStatus.WAITING,
+        "server_id": None,
+        "node_id": None,
+        "deadline_at": None,
+        "next_attempt_at": now,
+    }
+    return _on_attempt(task, values, _attempt_ended(task, now, code.value)), _evolve(task, values)
+
+
+def retry_manually(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
+    """FAILED or CANCELLED → WAITING, by its owner or an admin: the same task with a fresh
+    attempt budget and queue timeout; its earlier attempts stay in the history."""
+    values: dict[str, Any] = {
+        "status": TaskStatus.WAITING,
+        "attempt_base": task.attempt,
+        "server_id": None,
+        "node_id": None,
+        "acked": False,
+        "result": None,
+        "progress": None,
+        "error": None,
+        "error_code": None,
+        "finished_at": None,
+        "deadline_at": None,
+        "next_attempt_at": now,
+        "updated_at": now,
+    }
+    if task.queue_deadline_at is not None:
+        values["queue_deadline_at"] = now + (task.queue_deadline_at - task.created_at)
+    update = TaskUpdate(
+        task.id,
+        values,
+        expect_status=(TaskStatus.FAILED, TaskStatus.CANCELLED),
+        expect_attempt=task.attempt,
+        tallies=(Tally(Event.RETRIED, now, task.model),),
+    )
+    return update, _evolve(task, values)
+
+
+def hold_slot(task: Task, *, until: int, cancel_at: int | None) -> SlotHold | None:
+    """The slot of the task's running attempt, kept counted until `until` (or until its
+    backend lets go), with a cancel to send from `cancel_at`; None if nothing runs."""
+    if task.status is not TaskStatus.PROCESSING or task.server_id is None:
+        return None
+    return SlotHold(
+        task_id=task.id,
+        attempt=task.attempt,
+        server_id=task.server_id,
+        held_until=until,
+        cancel_due_at=cancel_at,
+    )
 
 
 def acknowledge(task: Task, *, progress: float | None, now: int) -> tuple[TaskUpdate, Task]:
@@ -142,7 +226,9 @@ def expire_in_queue(task: Task, *, now: int) -> TaskUpdate:
     )
 
 
-def cancel(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
+def cancel(task: Task, *, now: int, grace_ms: int) -> tuple[TaskUpdate, Task]:
+    """WAITING or PROCESSING → CANCELLED. A running attempt's slot stays held (and its
+    backend is sent a cancel) until the backend lets go, or `grace_ms` past its deadline."""
     values: dict[str, Any] = {
         "status": TaskStatus.CANCELLED,
         "finished_at": now,
@@ -159,6 +245,7 @@ def cancel(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
         expect_status=OPEN,
         expect_attempt=task.attempt,
         tallies=tuple(tallies),
+        hold=hold_slot(task, until=(task.deadline_at or now) + grace_ms, cancel_at=now),
     )
     return update, _evolve(task, values)
 

@@ -70,6 +70,10 @@ class Wakeable:
         self._stopping = asyncio.Event()
         self.failure_pause_s = 1.0  # after a failed iteration
         self.observer: Observer = NullObserver()  # told how each iteration ended
+        # For /ready: how many iterations in a row failed, and the last one's error type
+        # (its type only: /ready is public, and a message can carry anything).
+        self.failures_in_a_row = 0
+        self.last_error: str | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -101,11 +105,13 @@ class Wakeable:
                 pause = await step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 failures.failed()
+                self.failures_in_a_row, self.last_error = failures.failures, type(exc).__name__
                 self.observer.loop_ran(name, ok=False)
                 pause = self.failure_pause_s
             else:
                 failures.succeeded()
+                self.failures_in_a_row = 0
                 self.observer.loop_ran(name, ok=True)
             await self.sleep(pause)

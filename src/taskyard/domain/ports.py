@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from taskyard.domain.models import Node, Server, Task, TaskStatus
+from taskyard.domain.models import Node, Server, SlotHold, Task, TaskStatus
 from taskyard.domain.tallies import Event, Tally, TallySum
 
 # ---- storage ------------------------------------------------------------------------------
@@ -36,6 +36,8 @@ class TaskUpdate:
     expect_server: str | None = None
     # What the change counts for the statistics; recorded with it, only if it matched.
     tallies: tuple[Tally, ...] = ()
+    # A backend slot that stays counted after the attempt ends; stored with it, if it matched.
+    hold: SlotHold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,10 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # tasks
-    async def add_task(self, task: Task) -> None:
-        """Store a new task; it counts as `created` in the tallies."""
+    async def add_task(self, task: Task, *, unfinished_cap: int = 0) -> None:
+        """Store a new task; it counts as `created` in the tallies. With a cap: raise
+        `errors.QuotaExceeded`, storing nothing, if its owner would then have more than
+        `unfinished_cap` WAITING or PROCESSING tasks (counted atomically with the insert)."""
         ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
@@ -109,8 +113,8 @@ class Store(Protocol):
 
     async def processing_on(self, server_ids: Iterable[str]) -> list[Task]: ...
 
-    async def orphaned_attempts(self) -> list[Task]:
-        """Unanswered attempts whose node is no longer recorded in `nodes`."""
+    async def orphaned_attempts(self, *, limit: int) -> list[Task]:
+        """Unanswered attempts whose node is no longer recorded in `nodes`, by id."""
         ...
 
     async def update_tasks(self, updates: list[TaskUpdate]) -> list[bool]:
@@ -119,8 +123,9 @@ class Store(Protocol):
 
     async def update_task(self, change: TaskUpdate) -> bool: ...
 
-    async def purge_tasks(self, *, finished_before: int) -> int:
-        """Delete final tasks that finished before `finished_before`; return how many."""
+    async def purge_tasks(self, *, finished_before: int, limit: int) -> int:
+        """Delete at most `limit` final tasks that finished before `finished_before`, in a
+        short transaction of its own (not in a group-commit batch); return how many."""
         ...
 
     async def count_tasks(self) -> dict[str, int]:
@@ -173,9 +178,45 @@ class Store(Protocol):
         """Every server, with its in-flight count filled in."""
         ...
 
-    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool: ...
+    async def update_server(
+        self,
+        server_id: str,
+        values: Mapping[str, Any],
+        *,
+        revision: str | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Set `values` on a server; only on its registration `revision`, and only if its
+        fields still have the `expect`ed values, when given."""
+        ...
 
-    async def delete_servers(self, server_ids: Collection[str]) -> list[str]: ...
+    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
+        """Add one to a counter column in the database (never read-modify-write, so that
+        nodes counting at once lose nothing); the new value, or None if the registration is
+        gone."""
+        ...
+
+    async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
+        """Delete servers (and their held slots); return the ids that existed."""
+        ...
+
+    # held slots (SlotHold) and the cancels owed to backends
+    async def due_cancels(self, *, now: int, limit: int) -> list[SlotHold]: ...
+
+    async def claim_cancel(self, hold: SlotHold, *, next_try_at: int | None) -> bool:
+        """Take the cancel of `hold` to send it now: count a try and set when to try again
+        (None: never) if no one else took it since `hold` was read."""
+        ...
+
+    async def release_holds(
+        self, task_id: str, *, attempt: int | None = None, server_id: str | None = None
+    ) -> int:
+        """The backend let go: stop counting these slots; return how many there were."""
+        ...
+
+    async def prune_holds(self, *, now: int) -> int:
+        """Stop counting slots whose grace is over; return how many."""
+        ...
 
     # coordinator nodes
     async def touch_node(self, *, node_id: str, host: str, now: int) -> None: ...
@@ -234,11 +275,20 @@ class TokenIssuer(Protocol):
     late or foreign report can be told from the current one.
     """
 
-    def server_token(self, server_id: str) -> str:
-        """The long-lived token a backend gets at registration (heartbeats, reports)."""
+    def server_token(self, server_id: str, *, registration: str | None = None) -> str:
+        """The token a backend gets at registration and with each heartbeat (heartbeats,
+        reports); bound to that `registration` (the server's `revision`), it dies with it."""
         ...
 
-    def callback_token(self, *, server_id: str, task_id: str, attempt: int, ttl_s: float) -> str:
+    def callback_token(
+        self,
+        *,
+        server_id: str,
+        task_id: str,
+        attempt: int,
+        ttl_s: float,
+        registration: str | None = None,
+    ) -> str:
         """The token sent with one attempt, valid for `ttl_s` seconds."""
         ...
 
@@ -265,6 +315,15 @@ class PredictReply:
     error: str | None = None
     connect_failed: bool = False  # the server could not be reached at all
 
+    @property
+    def let_go(self) -> bool:
+        """Whether the backend is known to run this attempt no more: it answered with a
+        result or an error, or was never reached. A timeout or a cut connection says nothing
+        (it may still be computing), and a 202 says it goes on in the background."""
+        if self.kind in (ReplyKind.TIMEOUT, ReplyKind.ACCEPTED):
+            return False
+        return self.status is not None or self.connect_failed
+
 
 @dataclass(frozen=True, slots=True)
 class HealthReply:
@@ -273,13 +332,34 @@ class HealthReply:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CancelReply:
+    let_go: bool  # a 2xx: the backend has stopped the attempt (or never had it)
+    error: str | None = None
+
+
 class BackendClient(Protocol):
-    async def predict(self, url: str, payload: dict[str, Any], *, timeout_s: float) -> PredictReply:
+    async def predict(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        timeout_s: float,
+        api_key: str | None = None,
+    ) -> PredictReply:
         """POST a task to a backend's predict endpoint and classify the answer."""
         ...
 
-    async def health(self, url: str, *, timeout_s: float) -> HealthReply:
+    async def health(
+        self, url: str, *, timeout_s: float, api_key: str | None = None
+    ) -> HealthReply:
         """GET a backend's health endpoint."""
+        ...
+
+    async def cancel(
+        self, url: str, payload: dict[str, Any], *, timeout_s: float, api_key: str | None = None
+    ) -> CancelReply:
+        """POST a cancel to a backend's cancel endpoint."""
         ...
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
+from taskyard.domain import ejection
 from taskyard.domain.models import JSON, Server, ServerStatus
 
 
@@ -21,12 +23,32 @@ class Registration:
     models: tuple[str, ...] = ()
     weight: float = 1.0
     extra: JSON | None = None
+    cancel_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    auto_remove: bool = True
 
 
-def new_server(reg: Registration, *, now: int, interval_s: float) -> Server:
+def new_server(
+    reg: Registration, *, now: int, interval_s: float, replaces: Server | None = None
+) -> Server:
     """A fresh registration. With a health URL it is offline until its first check passes;
-    without one there is nothing to check, so heartbeats and dispatch results judge it."""
+    without one there is nothing to check, so heartbeats and dispatch results judge it.
+
+    Replacing a registration starts its health and ejection state over, but keeps it in
+    maintenance: a backend restarted during its maintenance re-registers on its own."""
+    kept: dict[str, Any] = {}
+    if replaces is not None and replaces.maintenance:
+        kept = {
+            "maintenance": True,
+            "maintenance_reason": replaces.maintenance_reason,
+            "maintenance_since": replaces.maintenance_since,
+        }
     return Server(
+        **kept,
+        revision=uuid.uuid4().hex,
+        cancel_url=reg.cancel_url,
+        api_key=reg.api_key,
+        auto_remove=reg.auto_remove,
         id=reg.id,
         name=reg.name,
         provider=reg.provider,
@@ -53,7 +75,40 @@ def heartbeat_values(server: Server, *, now: int, load: JSON | None) -> dict[str
         values["reported_load"] = load
     if not server.health_url and server.status is ServerStatus.OFFLINE:
         values |= {"status": ServerStatus.ONLINE, "offline_since": None, "dispatch_failures": 0}
+    if not server.health_url and ejection.may_readmit(server, now=now):
+        values |= ejection.READMITTED  # its heartbeat stands in for a passing check
     return values
+
+
+def maintenance_values(
+    server: Server, *, enabled: bool, reason: str | None, now: int
+) -> dict[str, Any]:
+    """Into maintenance (no new tasks; those running finish), or out of it: back in rotation
+    after its next passing health check (at once without a health URL)."""
+    if enabled:
+        return {
+            "maintenance": True,
+            "maintenance_reason": reason,
+            "maintenance_since": server.maintenance_since if server.maintenance else now,
+        }
+    values: dict[str, Any] = {
+        "maintenance": False,
+        "maintenance_reason": None,
+        "maintenance_since": None,
+    }
+    if server.maintenance and server.health_url:
+        values |= {
+            "status": ServerStatus.OFFLINE,
+            "offline_since": now,
+            "last_error": "back from maintenance: waiting for a passing health check",
+            "next_check_at": now,
+        }
+    return values
+
+
+def may_remove(server: Server) -> bool:
+    """Whether automatic removal (offline too long, stale) may take this server."""
+    return server.auto_remove and not server.maintenance
 
 
 def is_stale(server: Server, *, now: int, max_age_ms: int) -> bool:
@@ -62,8 +117,11 @@ def is_stale(server: Server, *, now: int, max_age_ms: int) -> bool:
 
 
 def offline_too_long(server: Server, *, now: int, limit_ms: int) -> bool:
+    """Offline for over `limit_ms` (0: never too long) and removable."""
     return (
-        server.status is ServerStatus.OFFLINE
+        limit_ms > 0
+        and may_remove(server)
+        and server.status is ServerStatus.OFFLINE
         and server.offline_since is not None
         and now - server.offline_since > limit_ms
     )

@@ -8,7 +8,6 @@ live here, next to the state they depend on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -16,6 +15,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from taskyard import auth, errors
 from taskyard.domain import lifecycle, registry, waiting
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 WAIT_FALLBACK_S = 1.0  # a waiting GET re-reads the task at least this often...
 WAIT_FALLBACK_LISTENING_S = 5.0  # ...or this often while other nodes' notices arrive
+# A loop failing this many iterations in a row makes /ready fail: one failure is a blip (a
+# lost connection, retried a second later), three mean the node is not doing its work.
+LOOP_FAILURES_NOT_READY = 3
 SERVED_MODELS_TTL_S = 1.0  # a create's "no server serves this model" check reuses a list
 
 
@@ -65,6 +68,20 @@ class Report:
     server_id: str | None = None
     progress: float | None = None
     message: str | None = None
+
+
+class BulkAction(StrEnum):
+    RETRY = "retry"
+    CANCEL = "cancel"
+
+
+_BULK_STATUSES = {
+    BulkAction.RETRY: (TaskStatus.FAILED, TaskStatus.CANCELLED),
+    BulkAction.CANCEL: (TaskStatus.WAITING, TaskStatus.PROCESSING),
+}
+
+
+STOP_RESERVE_S = 0.5  # of the shutdown grace, kept for the steps after the sends in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +97,9 @@ class CoordinatorConfig:
     # A seed-style `service` token (no server binding) may report for the server named in the
     # report's metadata.server_id: any running task. Off unless the operator allows it.
     allow_unbound_service_tokens: bool = False
+    # From the stop signal to the end: sends in flight have this long to be answered.
+    shutdown_grace_s: float = 20.0
+    max_unfinished_tasks: int = 0  # per owner, for creates made with `capped`; 0 = no cap
 
 
 class Coordinator:
@@ -99,6 +119,9 @@ class Coordinator:
         self.bus: ClusterBus = bus or LocalBus()
         self.config = config
         self.rng = random.Random()
+        # Set at the first stop signal (`begin_shutdown`): no new claims, long polls answer.
+        self.shutting_down = asyncio.Event()
+        self._stop_by: float | None = None  # monotonic time the shutdown must be done by
         policy = config.dispatch or DispatchPolicy(
             node_id=self.new_node_id(),
             callback_base_url=config.callback_base_url,
@@ -129,6 +152,16 @@ class Coordinator:
         self._loops: list[asyncio.Task[None]] = []
         self._servers_seen: tuple[float, list[Server]] | None = None  # (monotonic, servers)
 
+    def failing_loops(self) -> dict[str, str]:
+        """The background loops that failed their last `LOOP_FAILURES_NOT_READY` iterations
+        or more, each with its failures and the last error's type (for `/ready`)."""
+        loops = {"dispatcher": self.dispatcher, "health": self.health, "chores": self.chores}
+        return {
+            name: f"{loop.failures_in_a_row} failures in a row, last: {loop.last_error}"
+            for name, loop in loops.items()
+            if loop.failures_in_a_row >= LOOP_FAILURES_NOT_READY
+        }
+
     @staticmethod
     def new_node_id() -> str:
         """A fresh identity for this coordinator process (host name + random suffix)."""
@@ -155,10 +188,29 @@ class Coordinator:
             loop.create_task(self.chores.run(), name="chores"),
         ]
 
+    def begin_shutdown(self, *, hurry: bool = False) -> None:
+        """The first stage of a stop, at the signal itself (before the HTTP server waits for
+        open requests): claim no more tasks, and answer every long poll now with the task as
+        it is. Sends in flight go on; `stop` gives them what is left of the grace. `hurry`
+        (a second signal) leaves them no time at all."""
+        now = time.monotonic()
+        if self._stop_by is None:
+            # The last moments of the grace are kept for what follows the sends (leases, the
+            # node record, closing): the process must be gone within the grace plus a second.
+            grace = self.config.shutdown_grace_s
+            self._stop_by = now + max(0.0, grace - min(STOP_RESERVE_S, grace / 4))
+        if hurry:
+            self._stop_by = now
+        self.dispatcher.stop()
+        self.shutting_down.set()
+
     async def stop(self) -> None:
-        """Stop the loops in stages: no new work, then in-flight sends, then the rest."""
+        """Stop the loops in stages: no new work, then in-flight sends (within what is left of
+        the shutdown grace), then the rest."""
+        self.begin_shutdown()
+        assert self._stop_by is not None
         self.chores.stop()
-        await self.dispatcher.close()
+        await self.dispatcher.close(grace_s=max(0.0, self._stop_by - time.monotonic()))
         await self.health.close()
         for loop_task in self._loops:
             loop_task.cancel()
@@ -172,8 +224,12 @@ class Coordinator:
 
     # ---- tasks -------------------------------------------------------------------------
 
-    async def create_task(self, *, owner: str, request: JSON, options: TaskOptions) -> Task:
-        """Store a new WAITING task durably and wake the dispatcher; never waits for dispatch."""
+    async def create_task(
+        self, *, owner: str, request: JSON, options: TaskOptions, capped: bool = False
+    ) -> Task:
+        """Store a new WAITING task durably and wake the dispatcher; never waits for dispatch.
+        `capped` (users, not admins): refuse it (QuotaExceeded) when `owner` already has
+        `max_unfinished_tasks` WAITING or PROCESSING tasks."""
         now = now_ms()
         task = Task(
             id=str(uuid.uuid4()),
@@ -191,7 +247,8 @@ class Coordinator:
                 now + int(options.queue_timeout_s * 1000) if options.queue_timeout_s else None
             ),
         )
-        await self.store.add_task(task)
+        cap = self.config.max_unfinished_tasks if capped else 0
+        await self.store.add_task(task, unfinished_cap=cap)
         self.observer.tallied([Tally(Event.CREATED, now, task.model)])
         self.dispatcher.wake()
         self.bus.work()
@@ -247,22 +304,83 @@ class Coordinator:
             with self.events.watch(task_id) as changed:
                 task = await self.get_task(task_id, principal=principal)
                 left = deadline - time.monotonic()
-                if task.status.is_final or left <= 0:
-                    return task
+                if task.status.is_final or left <= 0 or self.shutting_down.is_set():
+                    return task  # a node that is stopping answers with the task as it is
                 # Woken by a change here or a notice from another node; the fallback re-read
                 # covers notices lost while the bus was not listening.
                 fallback = WAIT_FALLBACK_LISTENING_S if self.bus.listening else WAIT_FALLBACK_S
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed, min(left, fallback))
+                stopping = asyncio.ensure_future(self.shutting_down.wait())
+                try:
+                    await asyncio.wait(
+                        (changed, stopping),
+                        timeout=min(left, fallback),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    stopping.cancel()
 
     async def cancel_task(self, task_id: str, *, principal: auth.Principal) -> Task:
+        """WAITING or PROCESSING → CANCELLED; a running attempt's backend is sent a cancel
+        (durably: see `SlotHold`) and its slot stays counted until the backend lets go."""
         task = await self.get_task(task_id, principal=principal)
         if task.status.is_final:
             raise errors.TaskFinal(f"Task {task_id} is already {task.status}")
-        update, cancelled = lifecycle.cancel(task, now=now_ms())
+        update, cancelled = lifecycle.cancel(task, now=now_ms(), grace_ms=self._grace_ms)
         if not (await self.dispatcher.apply([update]))[0]:
             raise errors.Conflict(f"Task {task_id} changed meanwhile; read it and try again")
         return cancelled
+
+    async def retry_task(self, task_id: str, *, principal: auth.Principal) -> Task:
+        """FAILED or CANCELLED → WAITING: same id, a fresh attempt budget, history kept."""
+        task = await self.get_task(task_id, principal=principal)
+        if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise errors.Conflict(
+                f"Task {task_id} is {task.status}: only a FAILED or CANCELLED task is retried"
+            )
+        update, retried = lifecycle.retry_manually(task, now=now_ms())
+        if not (await self.dispatcher.apply([update]))[0]:
+            raise errors.Conflict(f"Task {task_id} changed meanwhile; read it and try again")
+        self.bus.work()
+        log.info("task %s retried by %s", task_id, principal.sub, extra={"task_id": task_id})
+        return retried
+
+    async def bulk_change(
+        self, action: BulkAction, query: TaskQuery, *, principal: auth.Principal
+    ) -> tuple[list[str], bool]:
+        """Retry or cancel up to `query.limit` tasks matching a search (admins only): the ids
+        changed, and whether more matching tasks remain. Only tasks the action applies to are
+        searched (FAILED/CANCELLED to retry, WAITING/PROCESSING to cancel)."""
+        if not principal.is_admin:
+            raise errors.Forbidden("Only an admin may retry or cancel tasks in bulk")
+        applicable = _BULK_STATUSES[action]
+        statuses = [s for s in query.statuses or applicable if s in applicable]
+        if not statuses:
+            return [], False
+        limit = query.limit
+        found = await self.store.search_tasks(
+            dataclasses.replace(query, statuses=tuple(statuses), limit=limit + 1)
+        )
+        now = now_ms()
+        page = found[:limit]
+        if action is BulkAction.RETRY:
+            updates = [lifecycle.retry_manually(t, now=now)[0] for t in page]
+        else:
+            updates = [lifecycle.cancel(t, now=now, grace_ms=self._grace_ms)[0] for t in page]
+        won = await self.dispatcher.apply(updates)
+        changed = [t.id for t, ok in zip(page, won, strict=True) if ok]
+        if changed:
+            self.bus.work()
+            log.info(
+                "%d task(s) %s in bulk by %s",
+                len(changed),
+                "retried" if action is BulkAction.RETRY else "cancelled",
+                principal.sub,
+            )
+        return changed, len(found) > limit
+
+    @property
+    def _grace_ms(self) -> int:
+        return int(self.dispatcher.policy.slot_grace_s * 1000)
 
     async def report(self, task_id: str, report: Report, *, principal: auth.Principal) -> Task:
         """Record a backend's progress or result (PUT /api/task/{id})."""
@@ -272,6 +390,14 @@ class Coordinator:
         expect_server, expect_attempt = _reporter_claim(
             principal, task_id, report, allow_unbound=self.config.allow_unbound_service_tokens
         )
+        if report.status.is_final and expect_server is not None:
+            # A final report is the backend letting go of that attempt: if it was cancelled
+            # or timed out here, its slot stops being held (the report itself may be stale).
+            released = await self.store.release_holds(
+                task_id, attempt=expect_attempt, server_id=expect_server
+            )
+            if released:
+                self._capacity_appeared()
         if task.status.is_final:
             raise errors.TaskFinal(f"Task {task_id} is already {task.status}; report ignored")
         if not principal.is_admin:
@@ -293,7 +419,10 @@ class Coordinator:
     async def register_server(self, reg: registry.Registration) -> tuple[Server, str]:
         """Register or replace a server; check its health at once. Returns it and its token."""
         server = registry.new_server(
-            reg, now=now_ms(), interval_s=self.config.health.interval_min_s
+            reg,
+            now=now_ms(),
+            interval_s=self.config.health.interval_min_s,
+            replaces=await self.store.get_server(reg.id),
         )
         await self.store.put_server(server)
         self._servers_seen = None
@@ -312,7 +441,25 @@ class Coordinator:
         if not server.health_url:
             self._capacity_appeared()
         self.bus.servers()  # its owner (maybe another node) schedules its checks
-        return server, self.tokens.server_token(server.id)
+        return server, self.tokens.server_token(server.id, registration=server.revision)
+
+    async def check_registration(self, principal: auth.Principal) -> None:
+        """Refuse a token issued for a server registration that is gone: the server was
+        deleted or registered again (its `revision` changed). One primary-key read."""
+        if principal.server_id is None or principal.registration is None:
+            return
+        server = await self.store.get_server(principal.server_id)
+        if server is None or server.revision != principal.registration:
+            raise errors.Unauthorized(
+                "Token revoked: its server was deleted or registered again since it was issued"
+            )
+
+    def renewed_server_token(self, server: Server, principal: auth.Principal) -> str:
+        """A fresh server token for a heartbeat's answer: of the caller's own registration
+        when its token names one (a heartbeat racing a new registration must not hand the old
+        holder a token of the new one), else of the server's current one."""
+        registration = principal.registration or server.revision
+        return self.tokens.server_token(server.id, registration=registration)
 
     async def list_servers(self) -> list[Server]:
         return await self.store.list_servers()
@@ -338,6 +485,35 @@ class Coordinator:
             self._capacity_appeared()
         return await self.get_server(server_id)
 
+    async def set_maintenance(self, server_id: str, *, enabled: bool, reason: str | None) -> Server:
+        """Take a server out of rotation (its running tasks finish; it shows `draining`, then
+        `maintenance`) or bring it back after its next passing health check. Stored, so every
+        node and a restart see it; a server in maintenance is never removed automatically."""
+        server = await self.get_server(server_id)
+        values = registry.maintenance_values(server, enabled=enabled, reason=reason, now=now_ms())
+        if not await self.store.update_server(server_id, values, revision=server.revision):
+            raise errors.Conflict(f"Server {server_id} was re-registered meanwhile; try again")
+        self._servers_seen = None
+        if enabled:
+            log.info(
+                "server %s in maintenance: no new tasks%s",
+                server_id,
+                f" ({reason})" if reason else "",
+                extra={"server_id": server_id},
+            )
+        else:
+            log.info(
+                "server %s out of maintenance: back in rotation %s",
+                server_id,
+                "after its next passing health check" if server.health_url else "now",
+                extra={"server_id": server_id},
+            )
+            if server.health_url and self.membership.owns(server_id):
+                self.health.schedule(server_id)
+            self._capacity_appeared()
+        self.bus.servers()  # the node that checks it re-reads its schedule
+        return await self.get_server(server_id)
+
     async def delete_server(self, server_id: str) -> None:
         removed = await self.remove_servers(
             [server_id], reason="deleted by an admin", level=logging.INFO
@@ -351,7 +527,8 @@ class Coordinator:
         stale = [
             s.id
             for s in await self.store.list_servers()
-            if registry.is_stale(s, now=now, max_age_ms=int(max_age_s * 1000))
+            if registry.may_remove(s)
+            and registry.is_stale(s, now=now, max_age_ms=int(max_age_s * 1000))
         ]
         return await self.remove_servers(stale, reason="stale: no heartbeat")
 
@@ -447,4 +624,4 @@ def _apply_report(task: Task, report: Report, *, now: int) -> tuple[TaskUpdate, 
     return update, updated
 
 
-__all__ = ["Coordinator", "CoordinatorConfig", "Report"]
+__all__ = ["BulkAction", "Coordinator", "CoordinatorConfig", "Report"]

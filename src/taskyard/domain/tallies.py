@@ -31,6 +31,7 @@ class Event(StrEnum):
     FINISHED = "finished"  # a task ended FINISHED (model)
     FAILED = "failed"  # a task ended FAILED (model, code = its errorCode)
     CANCELLED = "cancelled"  # a task was cancelled (model)
+    RETRIED = "retried"  # a FAILED or CANCELLED task was sent back to the queue by hand (model)
     ATTEMPT = "attempt"  # an attempt ended (model, server, code = ok | errorCode | cancelled;
     # its duration)
     QUEUE_WAIT = "queue_wait"  # an attempt started: time the task had waited for it (model)

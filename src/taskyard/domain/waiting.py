@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from taskyard.domain.models import Server, ServerStatus, Task
+from taskyard.domain.models import Server, Task
 
 POSITION_LIMIT = 10_000  # a position is counted up to this many tasks ahead
 
@@ -14,9 +14,7 @@ POSITION_LIMIT = 10_000  # a position is counted up to this many tasks ahead
 class WaitingReason(StrEnum):
     BACKOFF = "backoff"  # an attempt failed; the next is not due yet
     NO_SERVER_FOR_MODEL = "no_server_for_model"  # no registered server serves the model
-    # Every server of the model is in maintenance: servers get that state with the
-    # maintenance/drain route (the next issue); until then it is never the answer.
-    MAINTENANCE = "maintenance"
+    MAINTENANCE = "maintenance"  # every server of the model is in maintenance
     NO_SERVER_ONLINE = "no_server_online"  # servers of the model exist, none is online
     ALL_BUSY = "all_busy"  # every online server of the model has no free slot
     QUEUED = "queued"  # a server is free: the task goes with the next dispatch pass
@@ -48,7 +46,14 @@ def why_waiting(task: Task, servers: Sequence[Server], *, now: int) -> Waiting:
             WaitingReason.NO_SERVER_FOR_MODEL,
             f"no registered server serves model {task.model!r}",
         )
-    online = [s for s in serving if s.status is ServerStatus.ONLINE]
+    if all(s.maintenance for s in serving):
+        reasons = sorted({s.maintenance_reason for s in serving if s.maintenance_reason})
+        return Waiting(
+            WaitingReason.MAINTENANCE,
+            f"every server of model {task.model!r} ({len(serving)}) is in maintenance"
+            + (f": {'; '.join(reasons[:3])}" if reasons else ""),
+        )
+    online = [s for s in serving if s.in_rotation]
     if not online:
         return Waiting(
             WaitingReason.NO_SERVER_ONLINE,
@@ -77,6 +82,6 @@ def unserved_models(models: Iterable[str], servers: Sequence[Server]) -> list[st
 
 
 def _why_offline(server: Server) -> str:
-    return f"{server.id} {server.status.value}" + (
+    return f"{server.id} {server.state.value}" + (
         f" ({server.last_error})" if server.last_error else ""
     )

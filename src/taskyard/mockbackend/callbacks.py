@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +22,7 @@ class CallbackOutcome:
     status: int | None
     error: str | None
     tries: int
+    stopped: bool = False  # `stop` was set: no further try was made
 
 
 def _retryable_status(status: int) -> bool:
@@ -35,8 +38,17 @@ async def send_callback(
     *,
     retries: int,
     retry_delay_s: float,
+    stop: asyncio.Event | None = None,
+    on_try: Callable[[], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> CallbackOutcome:
-    """PUT `body` to `url`, retrying connection failures, 5xx and 429 up to `retries` times."""
+    """PUT `body` to `url`, retrying connection failures, 5xx and 429 up to `retries` times.
+
+    Args:
+        stop: once set, no further try is made (a PUT already on the wire is not recalled).
+        on_try: called just before each PUT is sent.
+        on_wait: called when a failed try is followed by a wait for the next one.
+    """
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -45,7 +57,11 @@ async def send_callback(
     status: int | None = None
     error: str | None = None
     while True:
+        if stop is not None and stop.is_set():
+            return CallbackOutcome(status, error, tries, stopped=True)
         tries += 1
+        if on_try is not None:
+            on_try()
         try:
             async with session.put(url, data=body, headers=headers, timeout=TRY_TIMEOUT) as resp:
                 # Drain the body so the connection can go back to the pool.
@@ -60,5 +76,15 @@ async def send_callback(
             return CallbackOutcome(None, f"{type(exc).__name__}: {exc}", tries)
         if tries > retries:
             return CallbackOutcome(status, error, tries)
-        await asyncio.sleep(delay)
+        if on_wait is not None:
+            on_wait()
+        await _sleep_unless(stop, delay)
         delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+
+async def _sleep_unless(stop: asyncio.Event | None, delay_s: float) -> None:
+    if stop is None:
+        await asyncio.sleep(delay_s)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)

@@ -11,15 +11,18 @@ PostgreSQL goes through asyncpg, with the same functions run by `AsyncConnection
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from taskyard.storage.faults import CommitOutcomeUnknown, is_transient, unavailable
 
 T = TypeVar("T")
 SyncOp = Callable[[Connection], Any]
@@ -93,6 +96,38 @@ def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn a transient database failure into `StorageUnavailable` (see `faults`); an unknown
+    commit outcome is passed on as it is, for the group committer to decide about."""
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except CommitOutcomeUnknown:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    return run
+
+
+def _commit(commit: Callable[[], Any]) -> Any:
+    """COMMIT; a failure here leaves the outcome unknown (the server may have committed)."""
+    try:
+        return commit()
+    except Exception as exc:
+        raise CommitOutcomeUnknown(type(exc).__name__) from exc
+
+
 class SqliteRunner:
     dialect = "sqlite"
 
@@ -128,10 +163,12 @@ class SqliteRunner:
         # loop. A shorter interval keeps those waits short.
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
 
+    @_translated
     async def read(self, op: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
             return op(conn)
 
+    @_translated
     async def scan(self, op: Callable[[Connection], T]) -> T:
         # In a worker thread: sqlite3 lets go of the GIL while a statement runs, so the loop
         # goes on serving (a count over 200,000 rows took ~50 ms, too long to block it).
@@ -141,13 +178,17 @@ class SqliteRunner:
 
         return await asyncio.to_thread(run)
 
+    @_translated
     async def transaction(self, ops: list[SyncOp]) -> list[Any]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, self._transaction, ops)
 
     def _transaction(self, ops: list[SyncOp]) -> list[Any]:
-        with self.write_engine.begin() as conn:
-            return [op(conn) for op in ops]
+        with self.write_engine.connect() as conn:
+            trans = conn.begin()
+            results = [op(conn) for op in ops]  # an error here rolls back (on leaving `with`)
+            _commit(trans.commit)
+            return results
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
@@ -164,6 +205,7 @@ class AsyncRunner:
         # the round trips of a read. Each is one statement, so it sees one consistent snapshot.
         self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    @_translated
     async def read(self, op: Callable[[Connection], T]) -> T:
         async with self._reads.connect() as conn:
             return await conn.run_sync(op)
@@ -171,9 +213,16 @@ class AsyncRunner:
     async def scan(self, op: Callable[[Connection], T]) -> T:
         return await self.read(op)  # the server does the work; the loop only awaits it
 
+    @_translated
     async def transaction(self, ops: list[SyncOp]) -> list[Any]:
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(lambda sync_conn: [op(sync_conn) for op in ops])
+        async with self.engine.connect() as conn:
+            trans = await conn.begin()
+            results = await conn.run_sync(lambda sync_conn: [op(sync_conn) for op in ops])
+            try:
+                await trans.commit()
+            except Exception as exc:
+                raise CommitOutcomeUnknown(type(exc).__name__) from exc
+            return results
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -29,18 +29,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from taskyard import errors
 from taskyard.domain.models import (
     AttemptRecord,
     Node,
     Server,
     ServerStatus,
+    SlotHold,
     Task,
     TaskStatus,
 )
 from taskyard.domain.ports import ClaimPlan, ModelQueue, TaskQuery, TaskUpdate
 from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 from taskyard.jsonsafe import storable_text
-from taskyard.storage import rollups
+from taskyard.storage import holds, rollups
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import (
     DEFAULT_POOL_SIZE,
@@ -49,7 +51,15 @@ from taskyard.storage.runners import (
     create_engine,
     open_runner,
 )
-from taskyard.storage.tables import IS_PROCESSING, IS_WAITING, leases, nodes, servers, tasks
+from taskyard.storage.tables import (
+    IS_PROCESSING,
+    IS_UNFINISHED,
+    IS_WAITING,
+    leases,
+    nodes,
+    servers,
+    tasks,
+)
 
 __all__ = ["SqlStore", "async_url", "create_engine"]
 
@@ -94,22 +104,48 @@ class SqlStore:
 
     # ---- tasks -------------------------------------------------------------------------
 
-    async def add_task(self, task: Task) -> None:
-        await self.add_tasks([task])
+    async def add_task(self, task: Task, *, unfinished_cap: int = 0) -> None:
+        await self.add_tasks([task], unfinished_cap=unfinished_cap)
 
-    async def add_tasks(self, batch: Iterable[Task]) -> None:
-        """Insert many tasks in one transaction, each counted as created."""
+    async def add_tasks(self, batch: Iterable[Task], *, unfinished_cap: int = 0) -> None:
+        """Insert many tasks in one transaction, each counted as created. With a cap, none is
+        stored (QuotaExceeded) if their owner would then have more than `unfinished_cap`
+        WAITING or PROCESSING tasks, counted in the same transaction."""
         stored = list(batch)
         if not stored:
             return
-        rows = [_task_row(task) for task in stored]
-        created = [Tally(Event.CREATED, task.created_at, task.model) for task in stored]
 
-        def op(conn: Connection) -> None:
-            conn.execute(insert(tasks), rows)
-            rollups.record(conn, created)
+        def insert_and_count(conn: Connection, batch: list[Task]) -> int | None:
+            if not batch:
+                return None
+            if unfinished_cap:
+                unfinished = self._unfinished_count(conn, batch[0].owner, unfinished_cap)
+                if unfinished + len(batch) > unfinished_cap:
+                    return unfinished  # refused: nothing written, the batch's others go on
+            conn.execute(insert(tasks), [_task_row(task) for task in batch])
+            rollups.record(conn, [Tally(Event.CREATED, t.created_at, t.model) for t in batch])
+            return None
 
-        await self.writes.run(op)
+        def replay(conn: Connection) -> int | None:
+            # After a COMMIT that got no answer: store (and count) only what did not make it.
+            ids = [task.id for task in stored]
+            found = set(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(ids))).scalars())
+            return insert_and_count(conn, [task for task in stored if task.id not in found])
+
+        refused = await self.writes.run(
+            lambda conn: insert_and_count(conn, stored), replay=replay, shed=True
+        )
+        if refused is not None:
+            raise errors.QuotaExceeded.unfinished(stored[0].owner, refused, unfinished_cap)
+
+    def _unfinished_count(self, conn: Connection, owner: str, cap: int) -> int:
+        """`owner`'s WAITING + PROCESSING tasks, counted up to `cap` (no further: past it the
+        answer is the same). On PostgreSQL a per-owner advisory lock first, so that creates of
+        one owner on several nodes count one after the other and cannot both take the last
+        place; other owners do not wait."""
+        if self.is_postgres:
+            conn.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCK, func.hashtext(owner))))
+        return int(conn.execute(_unfinished_query(owner, cap)).scalar_one())
 
     async def get_task(self, task_id: str) -> Task | None:
         if not storable_text(task_id):
@@ -166,13 +202,18 @@ class SqlStore:
         query = select(tasks).where(IS_PROCESSING, tasks.c.server_id.in_(list(server_ids)))
         return await self._tasks(query)
 
-    async def orphaned_attempts(self) -> list[Task]:
+    async def orphaned_attempts(self, *, limit: int) -> list[Task]:
         """Attempts that no backend answered yet, sent by a node that is no longer recorded
         (declared dead, or stopped before its sends finished)."""
-        query = select(tasks).where(
-            IS_PROCESSING,
-            tasks.c.acked.is_(False),
-            tasks.c.node_id.not_in(select(nodes.c.id)),
+        query = (
+            select(tasks)
+            .where(
+                IS_PROCESSING,
+                tasks.c.acked.is_(False),
+                tasks.c.node_id.not_in(select(nodes.c.id)),
+            )
+            .order_by(tasks.c.id)
+            .limit(limit)
         )
         return await self._tasks(query)
 
@@ -185,12 +226,19 @@ class SqlStore:
     async def update_task(self, change: TaskUpdate) -> bool:
         return (await self.update_tasks([change]))[0]
 
-    async def purge_tasks(self, *, finished_before: int) -> int:
-        stmt = delete(tasks).where(
-            tasks.c.finished_at < finished_before,
-            tasks.c.status.in_([s.value for s in _FINAL]),
+    async def purge_tasks(self, *, finished_before: int, limit: int) -> int:
+        # Its own short transaction, between the group-commit batches rather than inside one:
+        # a large backlog of old results is deleted a chunk at a time, and the hot writes
+        # never wait behind all of it.
+        doomed = (
+            select(tasks.c.id)
+            .where(tasks.c.finished_at < finished_before, tasks.c.status.in_(_FINAL_VALUES))
+            .order_by(tasks.c.finished_at)
+            .limit(limit)
         )
-        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount)
+        stmt = delete(tasks).where(tasks.c.id.in_(doomed.scalar_subquery()))
+        [deleted] = await self.runner.transaction([lambda conn: conn.execute(stmt).rowcount])
+        return int(deleted)
 
     async def count_tasks(self) -> dict[str, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
@@ -277,17 +325,71 @@ class SqlStore:
     async def list_servers(self) -> list[Server]:
         return await self._servers(None)
 
-    async def update_server(self, server_id: str, values: Mapping[str, Any]) -> bool:
+    async def update_server(
+        self,
+        server_id: str,
+        values: Mapping[str, Any],
+        *,
+        revision: str | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> bool:
         stmt = update(servers).where(servers.c.id == server_id).values(_server_values(values))
+        if revision is not None:
+            stmt = stmt.where(servers.c.revision == revision)
+        for column, value in _server_values(expect or {}).items():
+            stmt = stmt.where(servers.c[column] == value)
         return await self.writes.run(lambda conn: conn.execute(stmt).rowcount > 0)
 
+    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
+        if column not in _SERVER_COUNTERS:
+            raise ValueError(f"servers.{column} is not a counter")
+        counter = servers.c[column]
+        stmt = (
+            update(servers)
+            .where(servers.c.id == server_id, servers.c.revision == revision)
+            .values({column: counter + 1})
+            .returning(counter)
+        )
+
+        def op(conn: Connection) -> int | None:
+            row = conn.execute(stmt).first()
+            return int(row[0]) if row else None
+
+        return await self.writes.run(op)
+
     async def delete_servers(self, server_ids: Collection[str]) -> list[str]:
-        """Delete servers; return the ids that existed."""
+        """Delete servers and their held slots; return the ids that existed."""
         ids = list(server_ids)
         if not ids:
             return []
         stmt = delete(servers).where(servers.c.id.in_(ids)).returning(servers.c.id)
-        return await self.writes.run(lambda conn: [row[0] for row in conn.execute(stmt)])
+
+        def op(conn: Connection) -> list[str]:
+            conn.execute(holds.of_servers(ids))
+            return [row[0] for row in conn.execute(stmt)]
+
+        return await self.writes.run(op)
+
+    # ---- held slots and cancels --------------------------------------------------------
+
+    async def due_cancels(self, *, now: int, limit: int) -> list[SlotHold]:
+        query = holds.due_cancels(now, limit)
+        return await self.runner.read(
+            lambda conn: [holds.from_row(row) for row in conn.execute(query)]
+        )
+
+    async def claim_cancel(self, hold: SlotHold, *, next_try_at: int | None) -> bool:
+        stmt = holds.claim_cancel(hold, next_try_at)
+        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount > 0)
+
+    async def release_holds(
+        self, task_id: str, *, attempt: int | None = None, server_id: str | None = None
+    ) -> int:
+        stmt = holds.release(task_id, attempt, server_id)
+        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount)
+
+    async def prune_holds(self, *, now: int) -> int:
+        return await self.writes.run(lambda conn: conn.execute(holds.PRUNE, {"now": now}).rowcount)
 
     async def _servers(self, server_id: str | None) -> list[Server]:
         query = _LIST_SERVERS if server_id is None else _GET_SERVER
@@ -386,6 +488,15 @@ _IN_FLIGHT = (
     .label("in_flight")
 )
 _DISPATCH_LOCK = select(func.pg_advisory_xact_lock(0x7461736B))  # "task" in ASCII
+
+
+def _unfinished_query(owner: str, cap: int) -> Select[Any]:
+    """How many WAITING or PROCESSING tasks `owner` has, counted no further than `cap`."""
+    capped = select(tasks.c.id).where(tasks.c.owner == owner, IS_UNFINISHED).limit(cap)
+    return select(func.count()).select_from(capped.subquery())
+
+
+_OWNER_LOCK = 0x6F776E72  # "ownr": with hashtext(owner), the lock of one owner's creates
 # The queries on WAITING or PROCESSING tasks say so with `IS_WAITING` / `IS_PROCESSING`, the
 # predicates of the partial indexes they walk (tables.py); tests/storage/test_query_plans.py
 # checks both databases' plans for each of them.
@@ -402,7 +513,7 @@ _ANY_DUE = (
 # Reads all of ix_tasks_waiting, not the table: the WAITING rows, in no order. (An index led by
 # next_attempt_at would answer at once, but misled claims; the dispatcher does not ask this.)
 _NEXT_DUE = select(func.min(tasks.c.next_attempt_at)).where(IS_WAITING)
-_LIST_SERVERS = select(servers, _IN_FLIGHT).order_by(servers.c.id)
+_LIST_SERVERS = select(servers, _IN_FLIGHT, holds.HELD).order_by(servers.c.id)
 _GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
 
 
@@ -500,6 +611,7 @@ def _expired_in_queue_query(now: int, limit: int) -> Select[Any]:
 
 
 _FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+_FINAL_VALUES = [s.value for s in _FINAL]
 
 
 def _apply(conn: Connection, change: TaskUpdate) -> bool:
@@ -518,6 +630,8 @@ def _apply(conn: Connection, change: TaskUpdate) -> bool:
     matched: bool = conn.execute(stmt, params).rowcount > 0
     if matched and change.tallies:
         rollups.record(conn, change.tallies)
+    if matched and change.hold is not None:
+        holds.insert_hold(conn, change.hold)
     return matched
 
 
@@ -548,7 +662,10 @@ def _task_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 # Domain fields and columns share their names; only these differ in representation.
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-_SERVER_FIELDS = tuple(f.name for f in dataclasses.fields(Server) if f.name != "in_flight")
+_SERVER_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Server) if f.name not in ("in_flight", "held")
+)
+_SERVER_COUNTERS = ("dispatch_failures", "consecutive_rejections")
 
 
 def _task_row(task: Task) -> dict[str, Any]:
@@ -597,4 +714,5 @@ def _server_from_row(row: Row[Any]) -> Server:
     fields["extra"] = orjson.loads(row.extra)
     fields["status"] = ServerStatus(row.status)
     fields["reported_load"] = orjson.loads(row.reported_load) if row.reported_load else None
-    return Server(**fields, in_flight=row.in_flight)
+    # A held slot is as busy as a running task: the backend may still be working on it.
+    return Server(**fields, in_flight=row.in_flight + row.held, held=row.held)

@@ -17,6 +17,8 @@ from sqlalchemy import (
     and_,
     false,
     literal_column,
+    or_,
+    true,
 )
 
 metadata = MetaData()
@@ -51,6 +53,7 @@ tasks = Table(
     Column("deadline_at", BigInteger, nullable=True),
     Column("next_attempt_at", BigInteger, nullable=False, server_default="0"),
     Column("queue_deadline_at", BigInteger, nullable=True),
+    Column("attempt_base", Integer, nullable=False, server_default="0"),  # before a manual retry
     # In-flight counts per server, and re-queueing a removed server's tasks.
     Index("ix_tasks_server", "server_id", "status"),
     Index("ix_tasks_finished", "finished_at"),
@@ -100,6 +103,18 @@ Index(
     sqlite_where=_HAS_QUEUE_DEADLINE,
     postgresql_where=_HAS_QUEUE_DEADLINE,
 )
+# The cap on a user's unfinished tasks (`sql._unfinished_count`): counted at each create, so
+# it walks only that owner's WAITING and PROCESSING tasks, never their history. `owner <> ''`
+# is in its predicate only so that no other query can use it: PostgreSQL took it for the
+# claim (every WAITING task, in no order, then a sort), as the predicate alone is implied by
+# `status = 'WAITING'`. The count states both halves.
+IS_UNFINISHED = and_(or_(IS_WAITING, IS_PROCESSING), tasks.c.owner != literal_column("''"))
+Index(
+    "ix_tasks_owner_unfinished",
+    tasks.c.owner,
+    sqlite_where=IS_UNFINISHED,
+    postgresql_where=IS_UNFINISHED,
+)
 # The attempt-deadline sweep, and the scan for attempts of lost nodes.
 Index(
     "ix_tasks_attempt_deadline",
@@ -137,7 +152,38 @@ servers = Table(
     Column("last_error", Text, nullable=True),
     Column("reported_load", Text, nullable=True),  # JSON from the last heartbeat
     Column("checked_by", String(64), nullable=True),  # node that ran the last health check
+    # New at each registration: writes for an older registration match nothing.
+    Column("revision", String(32), nullable=False, server_default="0"),
+    Column("cancel_url", String(2048), nullable=True),
+    Column("api_key", Text, nullable=True),  # the backend's credential; never shown
+    Column("auto_remove", Boolean, nullable=False, server_default=true()),
+    Column("maintenance", Boolean, nullable=False, server_default=false()),
+    Column("maintenance_reason", Text, nullable=True),
+    Column("maintenance_since", BigInteger, nullable=True),
+    Column("consecutive_rejections", Integer, nullable=False, server_default="0"),
+    Column("ejected", Boolean, nullable=False, server_default=false()),
+    Column("ejected_until", BigInteger, nullable=True),
+    Column("ejections", Integer, nullable=False, server_default="0"),
+    Column("ejection_reason", String(32), nullable=True),
     Index("ix_servers_status", "status"),
+)
+
+# Backend slots still counted after their attempt ended here (domain SlotHold): cancelled or
+# timed-out attempts the backend may still be running, and the cancels owed to it. A row is
+# written with the state change that ends the attempt, so a crash cannot forget it.
+slot_holds = Table(
+    "slot_holds",
+    metadata,
+    Column("task_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("server_id", ID, nullable=False),
+    Column("held_until", BigInteger, nullable=False),
+    Column("cancel_due_at", BigInteger, nullable=True),  # NULL: no cancel to send
+    Column("cancel_tries", Integer, nullable=False, server_default="0"),
+    # In-flight counts per server; the cancel sender's "what is due" and the grace sweep.
+    Index("ix_slot_holds_server", "server_id"),
+    Index("ix_slot_holds_cancel_due", "cancel_due_at"),
+    Index("ix_slot_holds_held_until", "held_until"),
 )
 
 nodes = Table(

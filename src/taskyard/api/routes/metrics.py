@@ -20,6 +20,7 @@ async def metrics(request: Request, coordinator: CoordinatorDep) -> Response:
     `authorization` block) or an admin JWT; 401 without either, 403 for other roles."""
     _authorize(request)
     observer: PrometheusObserver = request.app.state.metrics
+    observer.long_polls.labels(coordinator.node_id).set(coordinator.events.waiting)
     body = await observer.render(
         coordinator.store, exports_cluster_gauges=coordinator.chores.holds_lease
     )

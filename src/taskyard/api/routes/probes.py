@@ -31,11 +31,19 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@router.get("/ready", responses={503: {"description": "The database is unreachable"}})
+@router.get(
+    "/ready",
+    responses={503: {"description": "The database is unreachable, or a background loop fails"}},
+)
 async def readiness(coordinator: CoordinatorDep) -> JsonResponse:
-    """The process can reach its database."""
+    """The process can reach its database, and its background loops (dispatcher, health
+    monitor, chores) do their work: a loop failing again and again is named with its error."""
     try:
         await coordinator.store.ping()
     except Exception:
         return JsonResponse({"status": "unavailable", "database": "unreachable"}, 503)
+    failing = coordinator.failing_loops()
+    if failing:
+        body = {"status": "unavailable", "database": "ok", "failingLoops": failing}
+        return JsonResponse(body, 503)
     return JsonResponse({"status": "ready", "database": "ok", "node": coordinator.node_id})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request
 
+from taskyard import errors
 from taskyard.api import present
 from taskyard.api.deps import AdminDep, AdminOrServiceDep, CoordinatorDep
 from taskyard.api.errors import documented
@@ -16,6 +17,7 @@ from taskyard.api.schemas import (
     CleanupOut,
     HeartbeatIn,
     HeartbeatOut,
+    MaintenanceIn,
     OkOut,
     RegisterOut,
     ServerOut,
@@ -23,19 +25,25 @@ from taskyard.api.schemas import (
     ServersOut,
 )
 from taskyard.domain.registry import Registration
+from taskyard.netguard import NetworkGuard, RefusedAddress
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
 ServerId = Annotated[str, Path(pattern=ID_PATTERN)]
 _ERRORS = documented(e403="Not an admin")
+_URL_FIELDS = ("predict", "health", "cancel")
 _NOT_FOUND = documented(e403="Not an admin", e404="No such server")
 
 
 @router.post("", response_model=RegisterOut, responses=_ERRORS)
 async def register_server(
-    body: ServerRegister, coordinator: CoordinatorDep, _admin: AdminDep
+    body: ServerRegister, request: Request, coordinator: CoordinatorDep, _admin: AdminDep
 ) -> dict[str, Any]:
-    """Register or replace a server; its first health check runs at once."""
+    """Register or replace a server; its first health check runs at once. An endpoint whose
+    host is or resolves to a loopback, private, link-local, metadata or other non-public
+    address is refused (400, naming the rule) unless TASKYARD_ALLOWED_BACKEND_NETWORKS allows
+    it; development allows loopback."""
+    await _check_destinations(request.app.state.network_guard, body)
     extra = body.model_extra or {}
     registration = Registration(
         id=body.id,
@@ -49,9 +57,33 @@ async def register_server(
         models=tuple(body.models),
         weight=body.weight,
         extra=dict(extra),
+        cancel_url=body.endpoints.cancel,
+        api_key=body.api_key,
+        auto_remove=body.auto_remove,
     )
     server, token = await coordinator.register_server(registration)
     return {"id": server.id, "success": True, "token": token}
+
+
+async def _check_destinations(guard: NetworkGuard, body: ServerRegister) -> None:
+    """Refuse, before anything is stored or sent, an endpoint the SSRF guard would not call."""
+    for field in _URL_FIELDS:
+        url = getattr(body.endpoints, field)
+        if url is None:
+            continue
+        try:
+            await guard.check_url(url)
+        except RefusedAddress as exc:
+            raise errors.InvalidInput(
+                f"endpoints.{field}: {exc.message}",
+                details=[
+                    {
+                        "loc": ["body", "endpoints", field],
+                        "msg": exc.message,
+                        "type": "address_refused",
+                    }
+                ],
+            ) from None
 
 
 @router.get("", response_model=ServersOut, responses=_ERRORS)
@@ -77,9 +109,23 @@ async def cleanup(
 @router.get("/{server_id}", response_model=ServerOut, responses=_NOT_FOUND)
 async def get_server(
     server_id: ServerId, coordinator: CoordinatorDep, _admin: AdminDep
-) -> dict[str, Any]:
+) -> JsonResponse:
     """One server with its status, load and health."""
-    return present.server_out(await coordinator.get_server(server_id))
+    # Serialized directly, as the list is: validation against ServerOut would drop the
+    # registration's extra fields, which the list shows.
+    return JsonResponse(present.server_out(await coordinator.get_server(server_id)))
+
+
+@router.put("/{server_id}/maintenance", response_model=ServerOut, responses=_NOT_FOUND)
+async def set_maintenance(
+    server_id: ServerId, body: MaintenanceIn, coordinator: CoordinatorDep, _admin: AdminDep
+) -> JsonResponse:
+    """Put a server in maintenance (`enabled: true`): it gets no new tasks, those running on
+    it finish (`state` shows `draining`, then `maintenance`), its health checks go on and it
+    is never removed automatically. `enabled: false` returns it to rotation after its next
+    passing health check."""
+    server = await coordinator.set_maintenance(server_id, enabled=body.enabled, reason=body.reason)
+    return JsonResponse(present.server_out(server))
 
 
 @router.post(
@@ -96,7 +142,12 @@ async def heartbeat(
     """Record a heartbeat (the server's own `service` token, or an admin); may carry load."""
     load = body.model_dump() if body is not None and body.model_extra else None
     server = await coordinator.heartbeat(server_id, principal=principal, load=load)
-    return {"id": server.id, "success": True, "lastHeartbeat": present.iso(server.last_heartbeat)}
+    return {
+        "id": server.id,
+        "success": True,
+        "lastHeartbeat": present.iso(server.last_heartbeat),
+        "token": coordinator.renewed_server_token(server, principal),
+    }
 
 
 @router.delete("/{server_id}", response_model=OkOut, responses=_NOT_FOUND)

@@ -1,10 +1,10 @@
-"""Task routes: create, read, report on, cancel."""
+"""Task routes: create, read, report on, cancel, retry."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from taskyard.api import present
 from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
@@ -13,6 +13,7 @@ from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import MAX_ID_LENGTH, TaskCreate, TaskOut, TaskResultIn
 from taskyard.domain.models import TaskOptions, TaskStatus
 from taskyard.domain.service import Report
+from taskyard.ratelimit import limited
 
 router = APIRouter(prefix="/api/task", tags=["tasks"])
 
@@ -46,7 +47,7 @@ async def create_task(
         queue_timeout_s=queue_timeout_s,
     )
     task = await coordinator.create_task(
-        owner=principal.sub, request=body.model_dump(), options=options
+        owner=principal.sub, request=body.model_dump(), options=options, capped=limited(principal)
     )
     warnings = await coordinator.create_warnings(task)
     return JsonResponse(present.task_out(task, warnings=warnings))
@@ -55,6 +56,7 @@ async def create_task(
 @router.get("/{task_id}", response_model=TaskOut, responses=_NOT_FOUND)
 async def get_task(
     task_id: TaskId,
+    request: Request,
     coordinator: CoordinatorDep,
     principal: PrincipalDep,
     wait: Annotated[
@@ -69,7 +71,8 @@ async def get_task(
     """Read a task (its owner or an admin); with `wait`, answer once it is final (long poll).
     A WAITING task says why it waits (`taskDetails.waiting`)."""
     if wait > 0:
-        task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
+        with request.app.state.open_waits.hold(principal):
+            task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
     else:
         task = await coordinator.get_task(task_id, principal=principal)
     return JsonResponse(present.task_out(task, waiting=await coordinator.why_waiting(task)))
@@ -119,3 +122,17 @@ async def delete_task(
     """Cancel a waiting or running task, as `POST …/cancel` does (the seed's newer version
     cancels with DELETE). The task is kept, CANCELLED, with its history."""
     return await cancel_task(task_id, coordinator, principal)
+
+
+@router.post(
+    "/{task_id}/retry",
+    response_model=TaskOut,
+    responses=_NOT_FOUND | documented(e409="The task is not FAILED or CANCELLED"),
+)
+async def retry_task(
+    task_id: TaskId, coordinator: CoordinatorDep, principal: ClientDep
+) -> JsonResponse:
+    """Send a FAILED or CANCELLED task back to the queue (its owner or an admin): the same id,
+    a fresh attempt budget (and queue timeout), its earlier attempts kept in the history."""
+    task = await coordinator.retry_task(task_id, principal=principal)
+    return JsonResponse(present.task_out(task, waiting=await coordinator.why_waiting(task)))

@@ -1,4 +1,6 @@
-"""The `taskyard` command: serve, migrate, token, check, mock-backend.
+"""The `taskyard` command: serve, migrate, token, check, mock-backend, and the management
+commands `tasks`, `servers` and `stats`, which talk to a node through the SDK (`cli/tasks.py`,
+`cli/servers.py`, `cli/stats.py`; docs/cli.md).
 
 Every `serve` flag mirrors a `TASKYARD_*` environment variable (named in `--help`); a flag wins
 over the variable, which wins over the default.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import types
@@ -18,7 +21,12 @@ import click
 from pydantic import ValidationError
 
 from taskyard import auth, logs
+from taskyard.cli._common import EXIT_CODES
+from taskyard.cli.servers import servers
+from taskyard.cli.stats import stats
+from taskyard.cli.tasks import tasks
 from taskyard.config import Settings, early_log_format, resolve_secret
+from taskyard.mockbackend.cli import mock_backend
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ def _configured(
         sys.exit(STARTUP_FAILURE)
     settings, path, created = resolve_secret(settings)
     if path is None:
+        kid = auth.keys_from(settings).signing.kid
+        if kid is not None:
+            return settings, f"the key of kid {kid!r} (TASKYARD_JWT_SECRETS)"
         return settings, "the configured secret (TASKYARD_JWT_SECRET or --jwt-secret)"
     return settings, f"the development secret in {path}" + (" (created now)" if created else "")
 
@@ -79,10 +90,19 @@ def settings_options(func: Any) -> Any:
     return func
 
 
-@click.group()
+@click.group(epilog=f"tasks, servers, stats: {EXIT_CODES}")
 @click.version_option(package_name="taskyard")
 def main() -> None:
-    """taskyard: a durable task API in front of a fleet of HTTP inference servers."""
+    """taskyard: a durable task API in front of a fleet of HTTP inference servers.
+
+    `tasks`, `servers` and `stats` manage a running node through its API (--url or
+    TASKYARD_URL, --token or TASKYARD_TOKEN; --json for scripts)."""
+
+
+main.add_command(tasks)
+main.add_command(mock_backend)
+main.add_command(servers)
+main.add_command(stats)
 
 
 @main.command()
@@ -93,7 +113,8 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
     """Migrate the database and serve the API and background loops."""
     import uvicorn
 
-    from taskyard.api.app import create_app
+    from taskyard.api.app import begin_shutdown, create_app
+    from taskyard.cli.serving import GracefulServer, guarded_protocol
 
     # Logging first, so that everything serve says (a bad configuration too) is in one format.
     try:
@@ -106,18 +127,36 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
             _log_dev_notice(settings, secret_source)
         else:
             _print_dev_banner(settings, secret_source)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=access_log,
         log_config=None,  # no formatters of uvicorn's own: its records go to our handler
+        server_header=False,  # no "server: uvicorn" banner
+        # a request-head timeout and a connection cap: slow clients cannot hold descriptors
+        http=guarded_protocol(
+            head_timeout_s=settings.head_timeout_s, max_connections=settings.max_connections
+        ),
+        # Open requests get the shutdown grace too (long polls answer at the signal already).
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
+    server = GracefulServer(config, on_signal=lambda hurry: begin_shutdown(app, hurry=hurry))
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def _print_dev_banner(settings: Settings, secret_source: str) -> None:
-    token = auth.mint(settings.jwt_secret, sub="admin", roles=[auth.ADMIN], ttl_s=24 * 3600)
+    token = auth.mint(
+        auth.keys_from(settings).signing,
+        sub="admin",
+        roles=[auth.ADMIN],
+        ttl_s=24 * 3600,
+        policy=auth.policy_from(settings),
+    )
     from sqlalchemy.engine import make_url
 
     base = f"http://{settings.host}:{settings.port}"
@@ -186,10 +225,19 @@ def migrate(database_url: str | None) -> None:
 def token(
     roles: tuple[str, ...], sub: str, ttl: float, server_id: str | None, jwt_secret: str | None
 ) -> None:
-    """Mint a JWT signed with the configured secret (or development's; stderr says which)."""
+    """Mint a JWT signed with the signing key: TASKYARD_JWT_SIGNING_KID's (its kid in the
+    header), else the shared secret, else development's; stderr says which. It carries
+    TASKYARD_JWT_ISSUER and _AUDIENCE when they are set."""
     settings, secret_source = _configured({"jwt_secret": jwt_secret})
     click.echo(
-        auth.mint(settings.jwt_secret, sub=sub, roles=list(roles), ttl_s=ttl, server_id=server_id)
+        auth.mint(
+            auth.keys_from(settings).signing,
+            sub=sub,
+            roles=list(roles),
+            ttl_s=ttl,
+            server_id=server_id,
+            policy=auth.policy_from(settings),
+        )
     )
     click.echo(f"taskyard: signed with {secret_source}", err=True)
 
@@ -215,33 +263,3 @@ def check(database_url: str | None) -> None:
         click.echo(f"database: unreachable ({type(exc).__name__})", err=True)
         sys.exit(1)
     click.echo("database: OK")
-
-
-@main.command("mock-backend")
-@click.option("--port", type=int, required=True)
-@click.option("--server-id", required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--delay-ms", type=float, default=0.0, show_default=True)
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--async", "force_async", is_flag=True, help="always answer 202 and call back")
-@click.option("--seed", type=int, default=None, help="seed for the error injection")
-def mock_backend(
-    port: int,
-    server_id: str,
-    host: str,
-    delay_ms: float,
-    error_rate: float,
-    force_async: bool,
-    seed: int | None,
-) -> None:
-    """Run a mock inference backend (the seed's backend contract, with failure injection)."""
-    from taskyard.mockbackend import MockConfig, run
-
-    config = MockConfig(
-        server_id=server_id,
-        delay_ms=delay_ms,
-        error_rate=error_rate,
-        force_async=force_async,
-        seed=seed,
-    )
-    run(config, host=host, port=port)

@@ -1,0 +1,72 @@
+"""Outlier ejection, as Envoy does it: a server whose dispatches keep failing (connect errors,
+timeouts, 5xx) or that keeps refusing tasks others run is taken out of rotation even while its
+`/health` passes, for a time that doubles with each ejection in a row (capped) and resets after
+a healthy stretch. Its health checks go on; the first that passes after that time re-admits it.
+A model never loses more than `max_share` of its servers to ejection for routing: past it (the
+panic threshold) ejected servers take tasks again, the least bad first. Pure rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from taskyard.domain.models import Server
+
+
+class EjectionReason(StrEnum):
+    FAILING = "failing"  # consecutive connect errors, timeouts or 5xx
+    REJECTING = "rejecting"  # refused (4xx) several different tasks that others ran
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionPolicy:
+    after_failures: int = 3  # consecutive failed dispatches that eject
+    after_rejections: int = 3  # consecutive rejected tasks that eject (if others succeed)
+    base_s: float = 30.0  # the first ejection's length; each one in a row doubles it...
+    max_s: float = 300.0  # ...up to this
+    reset_s: float = 600.0  # this long in rotation since the last ejection ended: start over
+    max_share: float = 0.5  # at most this share of a model's servers is left out for ejection
+
+
+def eject(
+    server: Server, reason: EjectionReason, *, now: int, policy: EjectionPolicy
+) -> dict[str, Any]:
+    """The server's new fields when it is ejected now."""
+    in_a_row = server.ejections + 1
+    if server.ejected_until is None or now - server.ejected_until > policy.reset_s * 1000:
+        in_a_row = 1  # a healthy stretch since the last one: start over
+    length_s = min(policy.max_s, policy.base_s * 2 ** (in_a_row - 1))
+    return {
+        "ejected": True,
+        "ejected_until": now + int(length_s * 1000),
+        "ejections": in_a_row,
+        "ejection_reason": reason.value,
+    }
+
+
+def ejection_length_s(values: dict[str, Any], *, now: int) -> float:
+    return (int(values["ejected_until"]) - now) / 1000
+
+
+READMITTED: dict[str, Any] = {
+    "ejected": False,
+    "ejection_reason": None,
+    "dispatch_failures": 0,
+    "consecutive_rejections": 0,
+}
+
+
+def may_readmit(server: Server, *, now: int) -> bool:
+    """Ejected, and its time is over: the next passing check (or, without a health URL,
+    the next dispatch) brings it back."""
+    return server.ejected and (server.ejected_until or 0) <= now
+
+
+def is_out(server: Server, *, now: int) -> bool:
+    """Left out of routing for ejection. A server without health checks has nothing to
+    re-admit it but a dispatch, so its time being over is enough."""
+    if not server.ejected:
+        return False
+    return bool(server.health_url) or not may_readmit(server, now=now)
