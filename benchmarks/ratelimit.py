@@ -8,7 +8,9 @@ each run `--rounds` times in turn so that the machine's noise spreads over all o
 | row | limits |
 |---|---|
 | `off` | no rates, no cap (`TASKYARD_RATE_LIMIT_*=""`, `TASKYARD_MAX_UNFINISHED_TASKS=0`) |
-| `memory` | the defaults: 100 creates/s, 200 requests/s per user, cap 10,000; in memory |
+| `rates` | the default rates (100 creates/s, 200 requests/s per user, in memory), no cap |
+| `cap` | no rates; the default cap of 10,000 unfinished tasks per user |
+| `memory` | the defaults: both of the above |
 | `redis` | the same with the counters in Redis (`--redis`), as a cluster would share them |
 
 No client reaches a limit (each makes far fewer creates a second than its rate), so the rows
@@ -40,8 +42,10 @@ OFF = {
     "TASKYARD_RATE_LIMIT_REQUESTS": "",
     "TASKYARD_MAX_UNFINISHED_TASKS": "0",
 }
+RATES_ONLY = {"TASKYARD_MAX_UNFINISHED_TASKS": "0"}
+CAP_ONLY = {"TASKYARD_RATE_LIMIT_CREATES": "", "TASKYARD_RATE_LIMIT_REQUESTS": ""}
 MEMORY: dict[str, str] = {}  # the defaults
-ROWS = {"off": OFF, "memory": MEMORY}
+ROWS = {"off": OFF, "rates": RATES_ONLY, "cap": CAP_ONLY, "memory": MEMORY}
 
 
 @dataclass

@@ -102,7 +102,7 @@ def cases() -> list[Case]:
         # A capped create counts its owner's unfinished tasks (TASKYARD_MAX_UNFINISHED_TASKS).
         Case(
             "unfinished of one owner",
-            sql._unfinished_query("alice", 10_000),
+            sql._UNFINISHED_COUNT.params(owner="alice", cap=10_000),
             "ix_tasks_owner_unfinished",
             ordered=False,
         ),
