@@ -227,6 +227,11 @@ BAD_REGISTRATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "weight negative": (registration(weight=-1), "weight"),
     "models not a list": (registration(models="m"), "models"),
     "empty model name": (registration(models=[""]), "models"),
+    # A key no HTTP client can send: refused here instead of failing every call to the backend.
+    "apiKey with a newline": (registration(apiKey="abc\ndef"), "apiKey"),
+    "apiKey with a space": (registration(apiKey="abc def"), "apiKey"),
+    "apiKey not ASCII": (registration(apiKey="clé"), "apiKey"),
+    "empty apiKey": (registration(apiKey=""), "apiKey"),
     "body an array": ([registration()], "body"),  # type: ignore[dict-item]
 }
 

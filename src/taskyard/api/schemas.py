@@ -47,6 +47,11 @@ Text = Annotated[
     str, AfterValidator(_storable_text), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})
 ]
 
+# A credential sent in an HTTP header (`Authorization: Bearer …`): visible ASCII, no spaces or
+# control characters, which no HTTP client would put on the wire; refused at registration, so
+# that a bad key is a 400 then rather than a failure at each call to the backend.
+HeaderToken = Annotated[str, Field(pattern="^[!-~]+$")]
+
 # What JSON values taskyard stores and forwards as they are (a task's fields, a result, extra
 # registration fields): any JSON but integers beyond 64 bits, non-finite numbers and nesting
 # deeper than MAX_JSON_DEPTH (which a schema cannot say). Published as a component of the
@@ -302,14 +307,14 @@ class ServerRegister(JsonIn):
         default_factory=list, max_length=1000
     )
     weight: float = Field(1.0, gt=0, le=1_000_000)
-    api_key: Text | None = Field(
+    api_key: HeaderToken | None = Field(
         None,
         alias="apiKey",
         min_length=1,
         max_length=4096,
         repr=False,
         description="sent to the backend as `Authorization: Bearer` on predict, health and"
-        " cancel calls; never shown by any read",
+        " cancel calls (visible ASCII, no spaces); never shown by any read",
     )
     auto_remove: bool = Field(
         True,
