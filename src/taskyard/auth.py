@@ -23,9 +23,11 @@ from taskyard import errors
 from taskyard.config import Settings
 from taskyard.jsonsafe import storable_text
 from taskyard.keys import JwksSource, KeyRing, SigningKey, parse_secrets, signing_kid
+from taskyard.roles import ADMIN as ADMIN  # re-exported: auth.ADMIN is what callers use
+from taskyard.roles import SERVICE as SERVICE
+from taskyard.roles import USER as USER
 
 ALGORITHMS = ["HS256"]  # what taskyard signs with; never "none" (pyjwt refuses unlisted ones)
-ADMIN, USER, SERVICE = "admin", "user", "service"
 SERVER_TOKEN_TTL_S = 24 * 3600.0  # the token a backend gets at registration and by heartbeat
 DEFAULT_LEEWAY_S = 5.0
 

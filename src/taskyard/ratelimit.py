@@ -29,12 +29,13 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from taskyard import errors
+from taskyard.roles import ADMIN, SERVICE
 
 if TYPE_CHECKING:  # auth reads the settings, which check rates with `parse_rates` below
     from taskyard.auth import Principal
 
 CREATE_ROUTES = frozenset({("POST", "/api/task")})  # the routes that count as creates
-UNLIMITED_ROLES = ("admin", "service")  # auth.ADMIN, auth.SERVICE
+UNLIMITED_ROLES = (ADMIN, SERVICE)  # the fleet's own traffic is never starved by users
 UNAVAILABLE_LOG_S = 60.0
 
 log = logging.getLogger(__name__)
