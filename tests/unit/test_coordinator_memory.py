@@ -5,6 +5,7 @@ process, no loop running. Each test drives dispatcher passes by hand and runs in
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import jwt
 import pytest
@@ -220,3 +221,34 @@ async def test_a_cancelled_waiting_task_is_never_sent(
     await register(yard, "s1")
     await one_pass(yard)
     assert backend.sent == [] and (await read(yard, task)).status is TaskStatus.CANCELLED
+
+
+class HangingBackend(ScriptedBackend):
+    """Takes every predict and never answers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.took = asyncio.Event()
+
+    async def predict(self, url: str, payload: dict[str, object], **_: object) -> PredictReply:
+        self.took.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_second_stop_signal_cuts_a_grace_already_running_short() -> None:
+    """The second SIGTERM may come while `stop` already gives the sends their grace (30 s
+    here): it must end that wait, not only a grace still to come."""
+    backend = HangingBackend()
+    yard = memory_yard(backend)
+    yard.config = replace(yard.config, shutdown_grace_s=30.0)
+    await register(yard, "s1")
+    task = await create(yard)
+    await yard.dispatcher.dispatch_due(now_ms())
+    await backend.took.wait()
+    stopping = asyncio.ensure_future(yard.stop())
+    await asyncio.sleep(0)  # `stop` is now waiting for the send
+    assert not stopping.done()
+    yard.begin_shutdown(hurry=True)
+    await asyncio.wait_for(stopping, timeout=5)  # not the 30 s grace
+    assert (await read(yard, task)).status is TaskStatus.PROCESSING  # recovered later

@@ -84,6 +84,7 @@ class Dispatcher(Wakeable):
         self.events = events or TaskEvents()
         self.rng = rng or random.Random()
         self._sending: set[asyncio.Task[None]] = set()
+        self._hurry = asyncio.Event()  # set by `hurry`: `close` waits no longer
         self._last_sweep = 0.0
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
         self._record_failures = FailureLog("recording backend replies", logger=log)
@@ -103,11 +104,26 @@ class Dispatcher(Wakeable):
         callback, the deadline sweep or the lost-node recovery moves it on.
         """
         self.stop()
-        if self._sending:
-            _, pending = await asyncio.wait(self._sending, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # A second stop signal (`hurry`) may come while this waits: it ends the wait.
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while self._sending and not hurry.done() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(
+                    {*self._sending, hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            hurry.cancel()
+        pending = list(self._sending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def hurry(self) -> None:
+        """Cut the grace of `close` short, now or when it comes: sends still in flight are
+        cancelled (their tasks are recovered as after a crash)."""
+        self._hurry.set()
 
     async def sends_recorded(self) -> None:
         """Wait until every attempt sent so far has its reply recorded: the end of a pass

@@ -201,6 +201,7 @@ class Coordinator:
             self._stop_by = now + max(0.0, grace - min(STOP_RESERVE_S, grace / 4))
         if hurry:
             self._stop_by = now
+            self.dispatcher.hurry()  # also when `stop` already gives the sends their grace
         self.dispatcher.stop()
         self.shutting_down.set()
 

@@ -116,7 +116,15 @@ async def get_server(
     return JsonResponse(present.server_out(await coordinator.get_server(server_id)))
 
 
-@router.put("/{server_id}/maintenance", response_model=ServerOut, responses=_NOT_FOUND)
+@router.put(
+    "/{server_id}/maintenance",
+    response_model=ServerOut,
+    responses=documented(
+        e403="Not an admin",
+        e404="No such server",
+        e409="The server was re-registered while the change was made; send it again",
+    ),
+)
 async def set_maintenance(
     server_id: ServerId, body: MaintenanceIn, coordinator: CoordinatorDep, _admin: AdminDep
 ) -> JsonResponse:
