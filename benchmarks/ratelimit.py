@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fleet import SECRET, Children, run_in_workdir, start_coordinator, wait_ready
+from benchmarks.load import percentile
 
 OFF = {
     "TASKYARD_RATE_LIMIT_CREATES": "",
@@ -109,11 +110,6 @@ async def one_row(
         children.stop(node)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> list[Row]:
     rows_env = dict(ROWS)
     if args.redis:
@@ -134,8 +130,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"{'row':<8} {'creates/s':>10} {'vs off':>7} {'p50 ms':>7} {'p99 ms':>7} {'429s':>5}")
     for row in rows:
         rate = statistics.median(row.rates)
-        p50 = percentile(row.latencies_ms, 0.5)
-        p99 = percentile(row.latencies_ms, 0.99)
+        p50 = percentile(row.latencies_ms, 50)
+        p99 = percentile(row.latencies_ms, 99)
         print(
             f"{row.name:<8} {rate:>10.0f} {rate / base:>7.2f} {p50:>7.1f} {p99:>7.1f}"
             f" {row.refused:>5}"
