@@ -65,6 +65,11 @@ bench-observe: .venv/.synced
 	$(VENV)/python benchmarks/observe.py $(ARGS)
 
 # rate limits and the unfinished-task cap on the create path: off vs memory vs redis
+# POST /api/task one by one vs POST /api/tasks/batch, tasks stored per second
+.PHONY: bench-submit
+bench-submit: .venv/.synced
+	$(VENV)/python benchmarks/submit.py $(ARGS)
+
 .PHONY: bench-ratelimit soak
 bench-ratelimit: .venv/.synced
 	$(VENV)/python benchmarks/ratelimit.py $(ARGS)

@@ -59,7 +59,7 @@ def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
         raise ValueError(f"unknown database kind {kind!r}")
 
 
-def _query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+def query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
     """Rows of a read-only query, straight from the database (not through taskyard)."""
     url = make_url(database_url)
     backend = url.get_backend_name()
@@ -78,7 +78,7 @@ def count_rows(database_url: str, table: str) -> int:
     """Rows in `table` of the database at `database_url` (SQLite or PostgreSQL)."""
     if not table.isidentifier():
         raise ValueError(f"not a table name: {table!r}")
-    return int(_query(database_url, f"SELECT COUNT(*) FROM {table}")[0][0])
+    return int(query(database_url, f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 def table_names(database_url: str) -> set[str]:
@@ -87,7 +87,7 @@ def table_names(database_url: str) -> set[str]:
         sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
     else:
         sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-    return {row[0] for row in _query(database_url, sql)}
+    return {row[0] for row in query(database_url, sql)}
 
 
 # ---- Processes ---------------------------------------------------------------------------------

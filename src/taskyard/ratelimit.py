@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # auth reads the settings, which check rates with `parse_rate
     from taskyard.auth import Principal
 
 CREATE_ROUTES = frozenset({("POST", "/api/task")})  # the routes that count as creates
+BATCH_ROUTES = frozenset({("POST", "/api/tasks/batch")})  # ...as many creates as they hold
 UNLIMITED_ROLES = (ADMIN, SERVICE)  # the fleet's own traffic is never starved by users
 UNAVAILABLE_LOG_S = 60.0
 
@@ -77,13 +78,38 @@ class RateLimiter:
         self._last_warning = -UNAVAILABLE_LOG_S
 
     async def check(self, principal: Principal, *, method: str, route: str) -> None:
+        """Count one request of `principal` on `route`; a batch of creates is counted by its
+        route, which knows how many it holds (`check_creates`)."""
+        if not limited(principal) or (method, route) in BATCH_ROUTES:
+            return
+        if (method, route) in CREATE_ROUTES:
+            await self._hit(principal, "creates", self.creates, cost=1)
+        else:
+            await self._hit(principal, "requests", self.requests, cost=1)
+
+    async def check_creates(self, principal: Principal, count: int) -> None:
+        """Count `count` creates at once (a batch): all of them fit, or none is counted."""
         if not limited(principal):
             return
-        create = (method, route) in CREATE_ROUTES
-        bucket, items = ("creates", self.creates) if create else ("requests", self.requests)
+        for item in self.creates:
+            if count > item.amount:
+                # A 429 as for any create over the rate (the request itself is valid), but
+                # one that waiting cannot cure: the message says what will.
+                raise errors.RateLimited(
+                    f"A batch of {count} tasks is more than the rate limit of {item} on"
+                    f" creates allows at once; send at most {item.amount} per call",
+                    limit=item.amount,
+                    window_s=item.get_expiry(),
+                    retry_after_s=item.get_expiry(),
+                )
+        await self._hit(principal, "creates", self.creates, cost=count)
+
+    async def _hit(
+        self, principal: Principal, bucket: str, items: list[RateLimitItem], *, cost: int
+    ) -> None:
         for item in items:
             try:
-                allowed = await self._limiter.hit(item, bucket, principal.sub)
+                allowed = await self._limiter.hit(item, bucket, principal.sub, cost=cost)
             except Exception as exc:  # the shared store is down: serve, and say so
                 self._unavailable(exc)
                 return

@@ -22,6 +22,7 @@ API_ROUTES: dict[str, set[str]] = {
     "/api/task/{task_id}/retry": {"post"},  # issue 9: manual retry, and in bulk
     "/api/tasks/retry": {"post"},
     "/api/tasks/cancel": {"post"},
+    "/api/tasks/batch": {"post"},  # issue 11: many creates in one transaction
     "/api/servers": {"get", "post"},
     "/api/servers/{server_id}": {"get", "delete"},
     "/api/servers/{server_id}/heartbeat": {"post"},
@@ -35,6 +36,7 @@ API_ROUTES: dict[str, set[str]] = {
 }
 WITH_BODY = [
     ("/api/task", "post"),
+    ("/api/tasks/batch", "post"),
     ("/api/task/{task_id}", "put"),
     ("/api/servers", "post"),
     ("/api/servers/{server_id}/maintenance", "put"),

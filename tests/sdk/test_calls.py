@@ -60,6 +60,27 @@ async def test_submit_get_and_wait(
     assert again.server_id == backend.server_id and again.finished_at is not None
 
 
+async def test_submit_many_stores_a_batch_in_order_and_each_finishes(
+    make_client: MakeClient, backend: MockBackend, model: str
+) -> None:
+    """submit_many sends every request with the shared options in one call; the answers
+    come back in order, and each task runs as a single submit's would."""
+    client = make_client()
+    unserved = _unserved()
+    requests = [{"model": model, "n": n} for n in range(5)] + [{"model": unserved}]
+    submitted = await run(client.submit_many(requests, priority=3, max_attempts=2))
+    assert [s.status for s in submitted] == [TaskStatus.WAITING] * 6
+    assert submitted[0].warnings == [] and unserved in submitted[5].warnings[0]
+    for n, one in enumerate(submitted[:5]):
+        done: Task = await run(client.wait(one.task_id, timeout_s=30))
+        assert done.status == TaskStatus.FINISHED and done.priority == 3
+        assert done.result["data"]["echo"]["n"] == n
+    with pytest.raises(ValueError, match="1 to 1000"):
+        await run(client.submit_many([]))
+    with pytest.raises(ValueError, match="request 1 names no model"):
+        await run(client.submit_many([{"model": model}, {"n": 1}]))
+
+
 async def test_submit_warns_when_no_server_serves_the_model(make_client: MakeClient) -> None:
     """The API's create warnings reach `task.warnings`; a waiting task says why it waits."""
     client = make_client()

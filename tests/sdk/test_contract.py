@@ -33,6 +33,7 @@ OPERATIONS: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/task/{task_id}/cancel"): m.TaskOut,
     ("post", "/api/task/{task_id}/retry"): m.TaskOut,
     ("get", "/api/tasks"): TasksPage,
+    ("post", "/api/tasks/batch"): calls._BatchOut,
     ("post", "/api/tasks/retry"): BulkResult,
     ("post", "/api/tasks/cancel"): BulkResult,
     ("get", "/api/servers"): calls._ServersOut,
@@ -137,6 +138,7 @@ def test_every_sdk_route_is_checked() -> None:
     """Each call the SDK makes whose answer has a schema is in OPERATIONS (probes have none)."""
     every: list[calls.Call[Any]] = [
         calls.submit("m", None, {}),
+        calls.submit_many([{"model": "m"}], {}),
         calls.get_task("t"),
         calls.report("t", {}),
         calls.cancel_task("t"),

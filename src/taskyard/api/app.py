@@ -16,7 +16,17 @@ from taskyard import __version__, logs
 from taskyard.api import errors
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
-from taskyard.api.routes import dashboard, metrics, nodes, probes, search, servers, stats, tasks
+from taskyard.api.routes import (
+    batch,
+    dashboard,
+    metrics,
+    nodes,
+    probes,
+    search,
+    servers,
+    stats,
+    tasks,
+)
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
 from taskyard.api.security import SecurityHeaders, cors_options
 from taskyard.auth import JwtIssuer, TokenVerifier, keys_from, policy_from
@@ -166,6 +176,7 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
     app.include_router(probes.router)
     app.include_router(tasks.router)
     app.include_router(search.router)
+    app.include_router(batch.router)
     app.include_router(stats.router)
     app.include_router(servers.router)
     app.include_router(nodes.router)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
+from annotated_types import Ge, Le
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -128,6 +129,47 @@ class TaskCreate(JsonIn):
     )
 
     model: Text = Field(min_length=1, max_length=256)
+
+
+MAX_BATCH = 1000  # tasks per POST /api/tasks/batch
+
+
+class TaskBatchItem(JsonIn):
+    """One task of a batch: its request, and the options a single create takes as query
+    parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: TaskCreate
+    priority: Integer = Field(0, ge=-1000, le=1000, description="higher runs first")
+    timeout_s: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="processing deadline per attempt"
+    )
+    # The bounds before the validators: after them, on an optional, pydantic publishes them
+    # as unknown keywords ("ge"), which no client reads (schemathesis found it).
+    max_attempts: (
+        Annotated[int, Ge(1), Le(100), BeforeValidator(_whole_float_as_int), Strict()] | None
+    ) = None
+    queue_timeout_s: float | None = Field(
+        None, gt=0, le=30 * 24 * 3600, description="fail if not started by then"
+    )
+
+
+class TaskBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskBatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItemOut(BaseModel):
+    taskId: str
+    status: Literal["WAITING"]
+    warnings: list[str] = Field(description="as a single create's `warnings`")
+
+
+class TaskBatchOut(BaseModel):
+    tasks: list[BatchItemOut] = Field(description="one per task of the request, in its order")
+    count: int
 
 
 class AttemptOut(BaseModel):

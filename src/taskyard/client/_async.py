@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -75,6 +75,14 @@ class AsyncClient:
         """Create a task for `model` with the other `request` fields; returns it once stored
         (WAITING). `task.warnings` says e.g. that no server serves the model."""
         return await self._run(calls.submit(model, request, options))
+
+    async def submit_many(
+        self, requests: Sequence[Mapping[str, Any]], **options: Unpack[SubmitOptions]
+    ) -> list[m.Submitted]:
+        """Create up to 1,000 tasks in one call and one transaction, each `request` naming its
+        `model`, all with the same `options`; returns them in order once all are stored.
+        None is stored if one is refused (bad input, a rate limit, the cap)."""
+        return await self._run(calls.submit_many(requests, options))
 
     async def get(self, task_id: str) -> m.Task:
         """The task as it is now."""

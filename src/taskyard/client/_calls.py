@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -26,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_URL = "http://127.0.0.1:8787"  # where `taskyard serve` listens by default
 DEFAULT_TIMEOUT_S = 30.0
 MAX_WAIT_S = 60.0  # the longest long poll the API grants (GET /api/task/{id}?wait=)
+MAX_BATCH = 1000  # the most tasks one POST /api/tasks/batch takes
 WAIT_MARGIN_S = 15.0  # beyond a long poll's wait before its request counts as timed out
 DEFAULT_PAGE_SIZE = 100  # tasks per search page (the API takes 1..500)
 DEFAULT_BULK_LIMIT = 100  # tasks per bulk retry or cancel (the API takes 1..1000)
@@ -118,6 +119,10 @@ def _task(response: httpx.Response) -> m.Task:
     return _model(m.TaskOut)(response).task()
 
 
+def _submitted(response: httpx.Response) -> list[m.Submitted]:
+    return _model(_BatchOut)(response).tasks
+
+
 def _servers(response: httpx.Response) -> list[m.Server]:
     return _model(_ServersOut)(response).servers
 
@@ -132,6 +137,11 @@ def _removed(response: httpx.Response) -> list[str]:
 
 def _nothing(response: httpx.Response) -> None:
     return None
+
+
+class _BatchOut(m.WireModel):
+    tasks: list[m.Submitted]
+    count: int
 
 
 class _ServersOut(m.WireModel):
@@ -200,6 +210,19 @@ def submit(model: str, request: Mapping[str, Any] | None, options: SubmitOptions
     _refuse_unknown(options, SubmitOptions, "submit option")
     params: Params = [(k, v) for k, v in options.items() if isinstance(v, int | float)]
     return Call("POST", "/api/task", _task, params=params, body=body)
+
+
+def submit_many(
+    requests: Sequence[Mapping[str, Any]], options: SubmitOptions
+) -> Call[list[m.Submitted]]:
+    if not 1 <= len(requests) <= MAX_BATCH:
+        raise ValueError(f"submit_many takes 1 to {MAX_BATCH} requests, not {len(requests)}")
+    for number, request in enumerate(requests):
+        if not isinstance(request.get("model"), str):
+            raise ValueError(f"request {number} names no model")
+    _refuse_unknown(options, SubmitOptions, "submit option")
+    body = {"tasks": [{"request": dict(request), **options} for request in requests]}
+    return Call("POST", "/api/tasks/batch", _submitted, body=body)
 
 
 def get_task(task_id: str, *, wait_s: float = 0) -> Call[m.Task]:

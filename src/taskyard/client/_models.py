@@ -134,6 +134,14 @@ class TasksPage(WireModel):
     next_cursor: str | None = None  # pass as `cursor` for the next page; None at the end
 
 
+class Submitted(WireModel):
+    """One task of a batch submit, as stored."""
+
+    task_id: str
+    status: TaskStatus  # WAITING
+    warnings: list[str]  # e.g. that no server serves its model
+
+
 class BulkResult(WireModel):
     """What a bulk retry or cancel changed."""
 

@@ -90,6 +90,11 @@ class Store(Protocol):
         `unfinished_cap` WAITING or PROCESSING tasks (counted atomically with the insert)."""
         ...
 
+    async def add_tasks(self, batch: Iterable[Task], *, unfinished_cap: int = 0) -> None:
+        """Store new tasks of one owner in one transaction, as `add_task` each: all of them,
+        or none (a taken id, or past the cap counted with the batch)."""
+        ...
+
     async def get_task(self, task_id: str) -> Task | None: ...
 
     async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:

@@ -231,8 +231,25 @@ class Coordinator:
         """Store a new WAITING task durably and wake the dispatcher; never waits for dispatch.
         `capped` (users, not admins): refuse it (QuotaExceeded) when `owner` already has
         `max_unfinished_tasks` WAITING or PROCESSING tasks."""
+        (task,) = await self.create_tasks(owner=owner, items=[(request, options)], capped=capped)
+        return task
+
+    async def create_tasks(
+        self, *, owner: str, items: list[tuple[JSON, TaskOptions]], capped: bool = False
+    ) -> list[Task]:
+        """Store many new tasks of one owner in one transaction: all of them or, past the cap
+        on unfinished tasks, none (QuotaExceeded)."""
         now = now_ms()
-        task = Task(
+        tasks = [self._new_task(owner, request, options, now=now) for request, options in items]
+        cap = self.config.max_unfinished_tasks if capped else 0
+        await self.store.add_tasks(tasks, unfinished_cap=cap)
+        self.observer.tallied([Tally(Event.CREATED, now, task.model) for task in tasks])
+        self.dispatcher.wake()
+        self.bus.work()
+        return tasks
+
+    def _new_task(self, owner: str, request: JSON, options: TaskOptions, *, now: int) -> Task:
+        return Task(
             id=str(uuid.uuid4()),
             owner=owner,
             model=str(request["model"]),
@@ -248,20 +265,18 @@ class Coordinator:
                 now + int(options.queue_timeout_s * 1000) if options.queue_timeout_s else None
             ),
         )
-        cap = self.config.max_unfinished_tasks if capped else 0
-        await self.store.add_task(task, unfinished_cap=cap)
-        self.observer.tallied([Tally(Event.CREATED, now, task.model)])
-        self.dispatcher.wake()
-        self.bus.work()
-        return task
 
     async def create_warnings(self, task: Task) -> list[str]:
-        """What the creator of `task` should know: no registered server serves its model
-        (the task is kept: servers may register later). Judged from a list of servers at
+        """What the creator of `task` should know (see `model_warnings`)."""
+        return await self.model_warnings(task.model)
+
+    async def model_warnings(self, model: str) -> list[str]:
+        """What the creator of a task for `model` should know: no registered server serves
+        it (the task is kept: servers may register later). Judged from a list of servers at
         most `SERVED_MODELS_TTL_S` old, so that creates do not each read every server."""
-        if waiting.unserved_models([task.model], await self._recent_servers()):
+        if waiting.unserved_models([model], await self._recent_servers()):
             return [
-                f"no registered server serves model {task.model!r}: the task waits until one"
+                f"no registered server serves model {model!r}: the task waits until one"
                 " registers (check the model name)"
             ]
         return []
