@@ -134,9 +134,10 @@ class TaskCreate(JsonIn):
 MAX_BATCH = 1000  # tasks per POST /api/tasks/batch
 
 
-class TaskBatchItem(JsonIn):
+class TaskBatchItem(BaseModel):
     """One task of a batch: its request, and the options a single create takes as query
-    parameters."""
+    parameters. (Not a `JsonIn`: its `request` is one, and walking each item twice for what
+    only the request can hold cost a seventh of a batch's time.)"""
 
     model_config = ConfigDict(extra="forbid")
 
