@@ -120,6 +120,17 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
 
 
+def until_clear_of_window_edge(window_s: int = 60, margin_s: float = 10.0) -> float:
+    """Seconds to wait so that a test's requests fall in one window of a `window_s` rate.
+
+    The sliding-window counter weighs the previous window by how much of it is left and
+    floors the sum, so in the first moments of a new window one hit more than the limit is
+    admitted (`limits`' documented approximation). A test counting exact admissions starts
+    its requests at least `margin_s` before the windows' edge (they align to the epoch)."""
+    into = time.time() % window_s
+    return 0.0 if into < window_s - margin_s else window_s - into + 0.05
+
+
 def token(roles: list[str], sub: str = "alice", *, secret: str = SECRET, **claims: Any) -> str:
     payload = {"sub": sub, "roles": roles, "exp": int(time.time()) + 3600, **claims}
     return jwt.encode(payload, secret, algorithm="HS256")
