@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,44 @@ def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+@contextmanager
+def locked(url: str, table: str) -> Iterator[None]:
+    """Hold `LOCK TABLE table` (access exclusive) on the database at `url` while the block
+    runs, from a connection in a thread of its own."""
+    if not table.isidentifier():
+        raise ValueError(f"not a table name: {table!r}")
+    holding, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn(url), timeout=5)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                holding.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+            holding.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    holding.wait(timeout=10)
+    try:
+        if failure:
+            raise failure[0]
+        yield
+    finally:
+        release.set()
+        thread.join(timeout=10)
 
 
 _unreachable: str | None = None

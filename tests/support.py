@@ -81,6 +81,23 @@ def count_rows(database_url: str, table: str) -> int:
     return int(query(database_url, f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
+@contextlib.contextmanager
+def writes_blocked(database_url: str, table: str) -> Iterator[None]:
+    """While the block runs, no write to `table` gets through (SQLite: to the whole file): a
+    database that hangs, from the node's point of view, until the block ends."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        db = sqlite3.connect(str(url.database), isolation_level=None)
+        try:
+            db.execute("BEGIN EXCLUSIVE")
+            yield
+        finally:
+            db.close()  # rolls back
+        return
+    with pg.locked(database_url, table):
+        yield
+
+
 def table_names(database_url: str) -> set[str]:
     """The tables in the database at `database_url` (PostgreSQL: schema `public`)."""
     if make_url(database_url).get_backend_name() == "sqlite":

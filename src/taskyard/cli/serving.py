@@ -15,7 +15,10 @@ byte a second holds its connection, and its file descriptor, for ever. So:
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
+import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -24,6 +27,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEAD_TIMEOUT_S = 10.0  # seconds to send a request line and its headers
 MAX_CONNECTIONS = 1000  # open connections per node (keep well under `ulimit -n`)
+HURRIED_EXIT_S = 2.0  # after a second stop signal, the process is gone within this
+
+log = logging.getLogger(__name__)
 
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\n"
@@ -100,6 +106,12 @@ class GracefulServer(uvicorn.Server):
     signal calls `on_signal(hurry=True)` and exits without waiting for anything: accepted tasks
     are in the database, and attempts in flight are recovered as after a kill -9. Either way
     the exit status is 0.
+
+    The app's own shutdown still runs after a second signal, hurried (it leaves the cluster in
+    a moment): uvicorn skips it when forced, and then `asyncio.run` cancels every task at once,
+    the app's clean-up among them, half-way through its database work, where it could hang.
+    Should anything still hold the process `HURRIED_EXIT_S` after the second signal, a
+    watchdog ends it (with a warning): the second signal is a promise to be gone.
     """
 
     def __init__(self, config: uvicorn.Config, on_signal: Callable[[bool], None]) -> None:
@@ -119,7 +131,29 @@ class GracefulServer(uvicorn.Server):
         self._captured_signals.clear()
         if hurry:
             self.force_exit = True  # uvicorn does this for a second SIGINT only
+            self._arm_watchdog()
         if self._loop is not None:
             # A signal handler runs between two bytecodes of whatever the loop was doing:
             # hand the work to the loop (and wake it) rather than doing it here.
             self._loop.call_soon_threadsafe(self._on_signal, hurry)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit:
+            # Skipped by uvicorn when the second signal came before it began; when it ran
+            # already this returns at once (its shutdown event is set).
+            await self.lifespan.shutdown()
+
+    def _arm_watchdog(self) -> None:
+        def overdue() -> None:
+            log.warning(
+                "still running %.0f s after the second stop signal: exiting now (accepted"
+                " tasks are stored; attempts in flight are recovered as after a crash)",
+                HURRIED_EXIT_S,
+            )
+            logging.shutdown()
+            os._exit(0)
+
+        timer = threading.Timer(HURRIED_EXIT_S, overdue)
+        timer.daemon = True  # it must not keep a process alive that is exiting anyway
+        timer.start()
