@@ -88,6 +88,19 @@ class AiohttpBackendClient:
             headers["Authorization"] = f"Bearer {api_key}"
         return headers
 
+    def _post_json(
+        self, url: str, payload: dict[str, Any], *, timeout_s: float, api_key: str | None
+    ) -> aiohttp.client._RequestContextManager:
+        """POST `payload` as JSON, never following a redirect (a backend's answer must come
+        from the URL it registered, not from wherever it points)."""
+        return self.session.post(
+            url,
+            data=orjson.dumps(payload),
+            headers=self._headers_for(api_key, **{"Content-Type": "application/json"}),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        )
+
     async def predict(
         self,
         url: str,
@@ -97,13 +110,7 @@ class AiohttpBackendClient:
         api_key: str | None = None,
     ) -> PredictReply:
         try:
-            async with self.session.post(
-                url,
-                data=orjson.dumps(payload),
-                headers=self._headers_for(api_key, **{"Content-Type": "application/json"}),
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                allow_redirects=False,
-            ) as resp:
+            async with self._post_json(url, payload, timeout_s=timeout_s, api_key=api_key) as resp:
                 return await self._predict_reply(resp)
         except TimeoutError:
             return PredictReply(ReplyKind.TIMEOUT, error=f"no answer within {timeout_s:g} s")
@@ -159,13 +166,7 @@ class AiohttpBackendClient:
         self, url: str, payload: dict[str, Any], *, timeout_s: float, api_key: str | None = None
     ) -> CancelReply:
         try:
-            async with self.session.post(
-                url,
-                data=orjson.dumps(payload),
-                headers=self._headers_for(api_key, **{"Content-Type": "application/json"}),
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                allow_redirects=False,
-            ) as resp:
+            async with self._post_json(url, payload, timeout_s=timeout_s, api_key=api_key) as resp:
                 # Only the status matters; a short read lets the connection be reused.
                 await read_body(resp.content, ERROR_TEXT_LIMIT, keep=False)
                 if _is_success(resp.status):

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from annotated_types import Ge, Le
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -133,6 +132,12 @@ class TaskCreate(JsonIn):
 
 MAX_BATCH = 1000  # tasks per POST /api/tasks/batch
 
+# The bounds of a create's options: query parameters of POST /api/task, fields of a batch item.
+MAX_PRIORITY = 1000  # priorities run from -MAX_PRIORITY to MAX_PRIORITY
+MAX_TIMEOUT_S = 7 * 24 * 3600  # processing deadline per attempt
+MAX_ATTEMPTS = 100
+MAX_QUEUE_TIMEOUT_S = 30 * 24 * 3600
+
 
 class TaskBatchItem(BaseModel):
     """One task of a batch: its request, and the options a single create takes as query
@@ -142,17 +147,18 @@ class TaskBatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request: TaskCreate
-    priority: Integer = Field(0, ge=-1000, le=1000, description="higher runs first")
+    priority: Integer = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
     timeout_s: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="processing deadline per attempt"
+        None, gt=0, le=MAX_TIMEOUT_S, description="processing deadline per attempt"
     )
     # The bounds before the validators: after them, on an optional, pydantic publishes them
     # as unknown keywords ("ge"), which no client reads (schemathesis found it).
     max_attempts: (
-        Annotated[int, Ge(1), Le(100), BeforeValidator(_whole_float_as_int), Strict()] | None
+        Annotated[int, Field(ge=1, le=MAX_ATTEMPTS), BeforeValidator(_whole_float_as_int), Strict()]
+        | None
     ) = None
     queue_timeout_s: float | None = Field(
-        None, gt=0, le=30 * 24 * 3600, description="fail if not started by then"
+        None, gt=0, le=MAX_QUEUE_TIMEOUT_S, description="fail if not started by then"
     )
 
 

@@ -10,7 +10,16 @@ from taskyard.api import present
 from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
 from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
-from taskyard.api.schemas import MAX_ID_LENGTH, TaskCreate, TaskOut, TaskResultIn
+from taskyard.api.schemas import (
+    MAX_ATTEMPTS,
+    MAX_ID_LENGTH,
+    MAX_PRIORITY,
+    MAX_QUEUE_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    TaskCreate,
+    TaskOut,
+    TaskResultIn,
+)
 from taskyard.domain.models import TaskOptions, TaskStatus
 from taskyard.domain.service import Report
 from taskyard.ratelimit import limited
@@ -30,13 +39,15 @@ async def create_task(
     body: TaskCreate,
     coordinator: CoordinatorDep,
     principal: ClientDep,
-    priority: Annotated[int, Query(ge=-1000, le=1000, description="higher runs first")] = 0,
+    priority: Annotated[
+        int, Query(ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
+    ] = 0,
     timeout_s: Annotated[
-        float | None, Query(gt=0, le=7 * 24 * 3600, description="processing deadline per attempt")
+        float | None, Query(gt=0, le=MAX_TIMEOUT_S, description="processing deadline per attempt")
     ] = None,
-    max_attempts: Annotated[int | None, Query(ge=1, le=100)] = None,
+    max_attempts: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPTS)] = None,
     queue_timeout_s: Annotated[
-        float | None, Query(gt=0, le=30 * 24 * 3600, description="fail if not started by then")
+        float | None, Query(gt=0, le=MAX_QUEUE_TIMEOUT_S, description="fail if not started by then")
     ] = None,
 ) -> JsonResponse:
     """Create a task (role user or admin); returns once it is durably stored as WAITING."""
