@@ -70,6 +70,12 @@ bench-observe: .venv/.synced
 bench-submit: .venv/.synced
 	$(VENV)/python benchmarks/submit.py $(ARGS)
 
+# issue 11's targets in one table: direct, Celery + Redis, taskyard; latency; submit rates
+.PHONY: bench-compare
+bench-compare: .venv/.synced
+	UV_PROJECT_ENVIRONMENT=.venv-bench $(UV) sync --frozen --group bench --no-dev --compile-bytecode --quiet
+	$(VENV)/python benchmarks/compare.py $(ARGS)
+
 .PHONY: bench-ratelimit soak
 bench-ratelimit: .venv/.synced
 	$(VENV)/python benchmarks/ratelimit.py $(ARGS)

@@ -174,6 +174,7 @@ def start_coordinator(
     env: dict[str, str] | None = None,
     profile: Path | None = None,
     port: int | None = None,
+    workers: int = 1,
 ) -> Child:
     """One `taskyard serve` on `port` (default: a free one), logging to `<name>.log`;
     callbacks come back to it.
@@ -190,7 +191,8 @@ def start_coordinator(
         **({"TASKYARD_NODE_ID": node_id} if node_id else {}),
         **(env or {}),
     )
-    args = taskyard_cmd("serve", "--log-level", "warning", profile=profile)
+    more = ["--workers", str(workers)] if workers != 1 else []
+    args = taskyard_cmd("serve", "--log-level", "warning", *more, profile=profile)
     return children.spawn(name, args, port=port, env=full_env)
 
 

@@ -90,6 +90,7 @@ class Setup:
 
     database: str  # "sqlite" or "postgresql"
     nodes: int = 1
+    workers: int = 1  # processes per node (`taskyard serve --workers`)
     database_url: str | None = None  # from --database-url: used as is, never emptied or dropped
 
     @property
@@ -291,6 +292,7 @@ async def taskyard_row(
                 name=f"row{index}-bench-node-{n + 1}",
                 node_id=f"bench-node-{n + 1}",
                 profile=opts.profile if n == 0 else None,
+                workers=setup.workers,
             )
             nodes.append(node)
             if n == 0:

@@ -1,0 +1,299 @@
+"""Issue 11's targets in one run and one table (`make bench-compare`).
+
+With the same mock backends (no delay), the same task body, task count and client
+concurrency, in turn:
+
+- `direct`: the clients call the backends themselves (aiohttp): the ceiling;
+- `celery`: Celery + Redis, prefork with one process per core, Redis result backend; each
+  client thread sends a task and waits for its result; the task makes taskyard's predict call;
+- `taskyard xN`: `taskyard serve` on a fresh SQLite file (N worker processes); clients submit
+  and long-poll `?wait=`;
+- `direct c1`, `taskyard c1`: the same with one client; the latency taskyard adds is the
+  difference of the two.
+
+Then the targets, each as a ratio of what was measured in this run (ratio ≥ 1 = met):
+end to end ≥ 2 x Celery; added latency ≤ 2 ms p50 and ≤ 10 ms p99; and the submit rates of
+`benchmarks/submit.py` (single ≥ 3,000/s, batch ≥ 20,000 tasks/s).
+
+Celery runs from its own venv (`.venv-bench`, the `bench` dependency group; `make
+bench-compare` syncs it) and Redis database 9 of the local server (`CELERY_BENCH_REDIS`).
+
+    make bench-compare [ARGS="--tasks 5000 --clients 64"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import run, submit
+from benchmarks.fleet import (
+    Child,
+    Children,
+    clean_env,
+    run_in_workdir,
+    start_mock_backend,
+    wait_ready,
+)
+from benchmarks.load import LoadResult, Poller, Sample, direct_request, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+CELERY_REDIS = os.environ.get("CELERY_BENCH_REDIS", "redis://127.0.0.1:6379/9")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: float
+    goal: float
+    unit: str
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.measured / self.goal
+        return self.goal / self.measured if self.measured > 0 else float("inf")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=5000, help="tasks per row (5000)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--backends", type=int, default=4)
+    parser.add_argument("--capacity", type=int, default=16, help="max_concurrency each")
+    parser.add_argument("--latency-tasks", type=int, default=1000, help="for the c1 rows")
+    parser.add_argument("--celery-processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="taskyard rows")
+    parser.add_argument("--skip-submit", action="store_true", help="no submit-rate rows")
+    parser.add_argument("--keep", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run_options(args: argparse.Namespace, *, tasks: int, clients: int) -> run.Options:
+    return run.Options(
+        tasks=tasks,
+        backends=args.backends,
+        capacity=args.capacity,
+        delay_ms=0.0,
+        clients=clients,
+        is_async=False,
+        setups=(run.Setup("sqlite"),),
+        postgres_url="",
+        keep=args.keep,
+        poll_ms=10.0,
+        wait_s=30.0,
+        warmup=min(200, tasks // 10),
+        task_timeout_s=60.0,
+        profile=None,
+    )
+
+
+def celery_row(
+    children: Children, backends: Sequence[Child], args: argparse.Namespace
+) -> LoadResult:
+    """Start a Celery worker on the backends, run the Celery load side, stop the worker."""
+    if not BENCH_PYTHON.exists():
+        raise SystemExit(f"{BENCH_PYTHON} is missing: run `make bench-compare` (it syncs it)")
+    env = clean_env(
+        CELERY_BENCH_REDIS=CELERY_REDIS,
+        CELERY_BENCH_BACKENDS=",".join(b.url for b in backends),
+        PYTHONPATH=str(ROOT),
+    )
+    side = [str(BENCH_PYTHON), str(ROOT / "benchmarks" / "celery_side.py")]
+    subprocess.run([*side, "flush"], env=env, check=True, timeout=30)
+    worker = children.spawn(
+        "celery-worker",
+        [
+            str(BENCH_PYTHON), "-m", "celery", "-A", "benchmarks.celery_side", "worker",
+            "--pool", "prefork", "--concurrency", str(args.celery_processes),
+            "--loglevel", "warning", "--without-gossip", "--without-mingle",
+        ],
+        port=0,
+        env=env,
+    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [*side, "load", "--tasks", str(args.tasks), "--clients", str(args.clients)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        children.stop(worker, grace_s=20)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    result = LoadResult("celery", args.clients, measured["elapsed_s"])
+    result.samples = [Sample(latency, outcome, 0) for latency, outcome in measured["samples"]]
+    return result
+
+
+async def direct_row(
+    backends: Sequence[Child], *, tasks: int, clients: int, name: str
+) -> LoadResult:
+    urls = [b.url for b in backends]
+    connector = aiohttp.TCPConnector(limit=clients + 16)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        poller = Poller(session, 0.01, 60.0)
+
+        async def one(i: int) -> Sample:
+            return await direct_request(poller, urls, i, is_async=False)
+
+        await run_load("warmup", min(200, tasks // 10), clients, one)
+        return await run_load(name, tasks, clients, one)
+
+
+async def taskyard_row(
+    children: Children,
+    backends: Sequence[Child],
+    workdir: Path,
+    args: argparse.Namespace,
+    *,
+    workers: int,
+    tasks: int,
+    clients: int,
+    name: str,
+    index: int,
+) -> run.Row:
+    opts = run_options(args, tasks=tasks, clients=clients)
+    setup = run.Setup("sqlite", nodes=1, workers=workers)
+    connector = aiohttp.TCPConnector(limit=clients + 16)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        run.database_for(setup, index, opts, workdir) as database_url,
+    ):
+        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s)
+        row = await run.taskyard_row(
+            session,
+            poller,
+            children,
+            backends,
+            setup=setup,
+            index=index,
+            database_url=database_url,
+            opts=opts,
+        )
+    row.result.name = name
+    return row
+
+
+async def submit_rates(children: Children, workdir: Path) -> dict[str, float]:
+    args = argparse.Namespace(creates=5000, clients=64, batch=1000, batch_creates=50_000)
+    args.batch_clients = 4
+    rows = {"single": submit.Row("single"), "batch": submit.Row("batch")}
+    await submit.one_round(children, workdir, rows, args, 0)
+    return {name: statistics.median(row.rates) for name, row in rows.items()}
+
+
+@dataclass
+class Results:
+    loads: list[LoadResult]
+    taskyard: dict[int, run.Row]  # by worker count
+    latency: tuple[LoadResult, LoadResult]  # direct c1, taskyard c1
+    submits: dict[str, float]
+
+
+async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> Results:
+    backends = [
+        start_mock_backend(children, f"b{i}", delay_ms=0.0, force_async=False)
+        for i in range(args.backends)
+    ]
+    async with aiohttp.ClientSession() as session:
+        for backend in backends:
+            await wait_ready(session, backend, "/health")
+    loads = [await direct_row(backends, tasks=args.tasks, clients=args.clients, name="direct")]
+    loads.append(celery_row(children, backends, args))
+    rows: dict[int, run.Row] = {}
+    for n, workers in enumerate(args.workers, 1):
+        rows[workers] = await taskyard_row(
+            children, backends, workdir, args,
+            workers=workers, tasks=args.tasks, clients=args.clients,
+            name=f"taskyard x{workers}", index=n,
+        )  # fmt: skip
+        loads.append(rows[workers].result)
+    direct_c1 = await direct_row(backends, tasks=args.latency_tasks, clients=1, name="direct c1")
+    taskyard_c1 = await taskyard_row(
+        children, backends, workdir, args,
+        workers=1, tasks=args.latency_tasks, clients=1, name="taskyard c1", index=99,
+    )  # fmt: skip
+    loads += [direct_c1, taskyard_c1.result]
+    submits = {} if args.skip_submit else await submit_rates(children, workdir)
+    return Results(loads, rows, (direct_c1, taskyard_c1.result), submits)
+
+
+def targets(results: Results) -> list[Target]:
+    celery = next(r for r in results.loads if r.name == "celery")
+    best = max(results.taskyard.values(), key=lambda row: row.result.throughput).result
+    direct_c1, taskyard_c1 = results.latency
+    added = [(taskyard_c1.latency_ms(q) - direct_c1.latency_ms(q), q) for q in (50, 99)]
+    found = [
+        Target(
+            f"end to end vs Celery ({best.name})", best.throughput / celery.throughput, 2.0, "x"
+        ),
+        Target("added latency p50", added[0][0], 2.0, "ms", higher_is_better=False),
+        Target("added latency p99", added[1][0], 10.0, "ms", higher_is_better=False),
+    ]
+    for name, goal in submit.TARGETS.items():
+        if name in results.submits:
+            found.append(Target(f"submit {name}", results.submits[name], goal, "tasks/s"))
+    return found
+
+
+def print_report(results: Results, args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.backends} mock backends (no delay) x capacity {args.capacity}; {args.tasks}"
+        f" tasks, {args.clients} clients (c1 rows: {args.latency_tasks} tasks, one client);"
+        f" Celery prefork {args.celery_processes}; taskyard on SQLite (synchronous=FULL)\n"
+    )
+    direct = results.loads[0]
+    print(f"{'row':<14} {'tasks/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+    for load in results.loads:
+        outcomes = ", ".join(f"{s} {n}" for s, n in sorted(load.statuses.items()))
+        versus = load.throughput / direct.throughput if "c1" not in load.name else float("nan")
+        print(
+            f"{load.name:<14} {load.throughput:>9.0f} {versus:>9.2f}"
+            f" {load.latency_ms(50):>8.2f} {load.latency_ms(99):>8.2f}  {outcomes}"
+        )
+    for workers, row in results.taskyard.items():
+        cpu = (row.nodes_cpu_s or 0.0) / max(1, row.result.tasks) * 1000
+        print(f"taskyard x{workers}: node CPU {cpu:.2f} ms/task")
+    print(f"\n{'target':<40} {'measured':>10} {'goal':>10} {'ratio':>6}  met")
+    for target in targets(results):
+        sign = "≥" if target.higher_is_better else "≤"
+        print(
+            f"{target.name:<40} {target.measured:>10.2f} {sign}{target.goal:>9g} "
+            f"{target.ratio:>6.2f}  {'yes' if target.ratio >= 1 else 'NO'}  ({target.unit})"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run_in_workdir(
+        "taskyard-compare-", keep=args.keep, bench=lambda c, w: bench(c, w, args)
+    )
+    if results is None:
+        return 130
+    print_report(results, args)
+    unfinished = [r.name for r in results.loads if set(r.statuses) != {"FINISHED"}]
+    if unfinished:
+        print(f"FAILED: not every task FINISHED in {', '.join(unfinished)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
