@@ -91,6 +91,7 @@ class Setup:
     database: str  # "sqlite" or "postgresql"
     nodes: int = 1
     workers: int = 1  # processes per node (`taskyard serve --workers`)
+    sqlite_synchronous: str = "full"  # TASKYARD_SQLITE_SYNCHRONOUS (SQLite rows only)
     database_url: str | None = None  # from --database-url: used as is, never emptied or dropped
 
     @property
@@ -293,6 +294,7 @@ async def taskyard_row(
                 node_id=f"bench-node-{n + 1}",
                 profile=opts.profile if n == 0 else None,
                 workers=setup.workers,
+                env={"TASKYARD_SQLITE_SYNCHRONOUS": setup.sqlite_synchronous},
             )
             nodes.append(node)
             if n == 0:

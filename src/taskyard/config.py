@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(30.0, ge=0, le=300)  # clock skew allowed on exp, nbf, iat
     server_token_ttl_s: float = Field(24 * 3600.0, gt=0)  # renewed by every heartbeat
     db_pool_size: int = Field(20, ge=1, le=1000)  # PostgreSQL connections per node
+    # SQLite's durability (docs/deploy.md "SQLite durability"): `full` (the default) makes
+    # every acknowledged write survive power loss; `normal` (WAL without an fsync per commit)
+    # survives a crash or kill -9 of taskyard but may lose the last commits to power loss.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
     log_format: Literal["text", "json"] = "text"  # json: one object per line (logs.py)
     # A static bearer token for Prometheus scrapes of /metrics (admin JWTs work too); empty =
     # admin tokens only. A secret: never logged.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.support import MockBackend, Taskyard, wait_for
 
 RESTART_ENV = {"task_timeout_s": 4, "node_timeout_s": 1.5, "max_attempts": 5}
@@ -70,7 +72,23 @@ def test_acknowledged_creates_survive_kill9(
     taskyard_factory: Callable[..., Taskyard], mock_factory: Callable[..., MockBackend]
 ) -> None:
     """Every task whose create returned 200 exists after a kill -9, and then runs."""
-    node = taskyard_factory(**RESTART_ENV)
+    creates_survive_kill9(taskyard_factory(**RESTART_ENV), mock_factory)
+
+
+def test_acknowledged_creates_survive_kill9_with_sqlite_synchronous_normal(
+    taskyard_factory: Callable[..., Taskyard],
+    mock_factory: Callable[..., MockBackend],
+    database_url: str,
+) -> None:
+    """The faster SQLite mode (no fsync per commit) still survives a crash of the process:
+    the commits are in the WAL file, which the OS keeps (only power loss can lose them)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a SQLite setting (PostgreSQL's durability is the server's)")
+    node = taskyard_factory(**RESTART_ENV, sqlite_synchronous="normal")
+    creates_survive_kill9(node, mock_factory)
+
+
+def creates_survive_kill9(node: Taskyard, mock_factory: Callable[..., MockBackend]) -> None:
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(lambda i: node.submit({"model": "m", "i": i}), range(80)))
     node.kill9()

@@ -15,7 +15,7 @@ import functools
 import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Connection, event
@@ -26,6 +26,7 @@ from taskyard.storage.faults import CommitOutcomeUnknown, is_transient, unavaila
 
 T = TypeVar("T")
 SyncOp = Callable[[Connection], Any]
+Synchronous = Literal["full", "normal"]  # SQLite's PRAGMA synchronous (Settings)
 
 DEFAULT_POOL_SIZE = 20  # PostgreSQL connections per coordinator
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -78,16 +79,22 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
     )
 
 
-def open_runner(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Runner:
+def open_runner(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, sqlite_synchronous: Synchronous = "full"
+) -> Runner:
     if make_url(url).get_backend_name() == "sqlite":
-        return SqliteRunner(url)
+        return SqliteRunner(url, synchronous=sqlite_synchronous)
     return AsyncRunner(create_engine(url, pool_size=pool_size))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: Synchronous = "full") -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-    cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+    # FULL: a commit survives power loss, not just a crash. NORMAL (in WAL mode): no fsync at
+    # commit, only at checkpoints; a crash of the process loses nothing, power loss may.
+    cursor.execute(
+        "PRAGMA synchronous=NORMAL" if synchronous == "normal" else "PRAGMA synchronous=FULL"
+    )
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
@@ -131,20 +138,22 @@ def _commit(commit: Callable[[], Any]) -> Any:
 class SqliteRunner:
     dialect = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, synchronous: Synchronous = "full") -> None:
+        self.synchronous = synchronous
+        pragmas = functools.partial(_sqlite_pragmas, synchronous=synchronous)
         sync_url = make_url(url).set(drivername="sqlite+pysqlite")
         # Connections move between the loop's thread (reads) and the writer thread, never
         # used by two at once: the pool hands each to one user at a time.
         self.engine = sqlalchemy.create_engine(
             sync_url, pool_size=4, max_overflow=0, connect_args={"check_same_thread": False}
         )
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "connect", pragmas)
         # Long reads (`scan`) run in worker threads on connections of their own, so that they
         # never take one the event loop's quick reads are waiting for.
         self.scan_engine = sqlalchemy.create_engine(
             sync_url, pool_size=2, max_overflow=0, connect_args={"check_same_thread": False}
         )
-        event.listen(self.scan_engine, "connect", _sqlite_pragmas)
+        event.listen(self.scan_engine, "connect", pragmas)
         # Writes start with BEGIN IMMEDIATE: the write lock is taken before the transaction's
         # first read, so what a claim reads (in-flight counts) cannot change under it, even
         # with another process on the same file. (pysqlite would begin only at the first
@@ -155,7 +164,7 @@ class SqliteRunner:
             max_overflow=0,
             connect_args={"check_same_thread": False, "isolation_level": None},
         )
-        event.listen(self.write_engine, "connect", _sqlite_pragmas)
+        event.listen(self.write_engine, "connect", pragmas)
         event.listen(self.write_engine, "begin", _begin_immediate)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
         # The sqlite3 module drops the GIL inside each statement; taking it back waits for the

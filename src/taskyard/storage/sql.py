@@ -49,6 +49,7 @@ from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.runners import (
     DEFAULT_POOL_SIZE,
     Runner,
+    Synchronous,
     async_url,
     create_engine,
     open_runner,
@@ -83,8 +84,16 @@ class SqlStore:
         self._upsert_rollups = rollups.upsert_statement(runner.dialect)
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, node_id: str = "") -> SqlStore:
-        return cls(open_runner(url, pool_size=pool_size), node_id=node_id)
+    def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        node_id: str = "",
+        sqlite_synchronous: Synchronous = "full",
+    ) -> SqlStore:
+        runner = open_runner(url, pool_size=pool_size, sqlite_synchronous=sqlite_synchronous)
+        return cls(runner, node_id=node_id)
 
     async def _transaction(self, ops: list[Any]) -> list[Any]:
         """Run `ops` in one transaction, and with them the rollups of the tallies their
