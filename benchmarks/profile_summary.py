@@ -4,8 +4,9 @@
         --output /tmp/node.txt
     .venv/bin/python benchmarks/profile_summary.py /tmp/node.txt
 
-For each thread: its share of the samples, and the layers on its stacks (a sample counts for
-every layer on its stack, so shares add up to more than 100%), then the hottest leaf frames.
+For each thread: its share of the samples; the layers on its stacks (a sample counts for every
+layer on its stack, so shares add up to more than 100%); its own time by layer (each sample
+counted once, for the innermost frame that belongs to a layer); then the hottest leaf frames.
 Idle samples (recorded with `--idle`) are those whose leaf waits in `select`/`epoll` or a lock.
 """
 
@@ -56,6 +57,15 @@ def layers_of(stack: list[str]) -> set[str]:
     return found
 
 
+def own_layer(stack: list[str]) -> str:
+    """The layer the sample's time is spent in: that of the innermost frame that has one."""
+    for frame in reversed(stack):
+        found = layers_of([frame])
+        if found:
+            return found.pop()
+    return "(other)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", type=Path)
@@ -63,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     threads: dict[str, Counter[str]] = defaultdict(Counter)
     leaves: dict[str, Counter[str]] = defaultdict(Counter)
+    own: dict[str, Counter[str]] = defaultdict(Counter)
     totals: Counter[str] = Counter()
     for line in args.profile.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
@@ -80,13 +91,18 @@ def main() -> None:
         for layer in layers_of(stack):
             threads[thread][layer] += count
         leaves[thread][leaf] += count
+        own[thread][own_layer(stack)] += count
     grand = sum(totals.values())
     for thread, total in totals.most_common():
         busy = total - threads[thread]["(idle)"]
         print(f"\n{thread}: {total} samples ({total / grand:.0%}), busy {busy / total:.0%}")
+        print("  on the stack (a sample counts for every layer on it):")
         for layer, count in threads[thread].most_common():
             if layer != "(idle)":
-                print(f"  {layer:<22} {count / max(1, busy):>6.1%} of busy")
+                print(f"    {layer:<22} {count / max(1, busy):>6.1%}")
+        print("  own time by layer (innermost frame with a layer):")
+        for layer, count in own[thread].most_common():
+            print(f"    {layer:<22} {count / max(1, busy):>6.1%}")
         print("  hottest leaves:")
         for leaf, count in leaves[thread].most_common(args.top):
             print(f"    {count / max(1, busy):>6.1%}  {leaf}")

@@ -90,9 +90,9 @@ class Setup:
 
     database: str  # "sqlite" or "postgresql"
     nodes: int = 1
+    database_url: str | None = None  # from --database-url: used as is, never emptied or dropped
     workers: int = 1  # processes per node (`taskyard serve --workers`)
     sqlite_synchronous: str = "full"  # TASKYARD_SQLITE_SYNCHRONOUS (SQLite rows only)
-    database_url: str | None = None  # from --database-url: used as is, never emptied or dropped
 
     @property
     def name(self) -> str:
@@ -217,7 +217,7 @@ def chosen_setup(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Set
             f"--nodes {nodes} needs PostgreSQL: several taskyard nodes can share only a"
             f" PostgreSQL database, not {database} (add --database postgresql)"
         )
-    return Setup(database, nodes, ns.database_url)
+    return Setup(database, nodes, database_url=ns.database_url)
 
 
 @dataclass
