@@ -217,7 +217,8 @@ class Taskyard(Proc):
             TASKYARD_JWT_SECRET=SECRET,
             TASKYARD_DATABASE_URL=database_url,
             TASKYARD_PORT=str(port),
-            **{**FAST_ENV, **env},
+            # One process (the one `popen` is), unless a test asks for workers.
+            **{"TASKYARD_WORKERS": "1", **FAST_ENV, **env},
         )
         args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
         super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     # limits"): seconds to send a request head, and open connections per node.
     head_timeout_s: float = Field(10.0, gt=0, le=300)
     max_connections: int = Field(1000, ge=1)
+    # Processes serving on this machine (`serve --workers`, cli/workers.py; docs/deploy.md
+    # "Workers"): each a node of its own on the one database; 0 = one per core.
+    workers: int = Field(1, ge=0, le=256)
+    # Set by the supervisor of `serve --workers` for its workers on SQLite: where their change
+    # notices meet (storage/peerbus.py). Not for hand use.
+    worker_bus_dir: str = ""
     # From SIGTERM to exit: sends in flight have this long to be answered (docs/deploy.md
     # "Shutdown"); the process exits within it plus a second. A second signal stops at once.
     shutdown_grace_s: float = Field(20.0, ge=0, le=600)

@@ -152,7 +152,12 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
                 policy=policy_from(settings),
             ),
             config=coordinator_config(settings, node_id),
-            bus=open_bus(settings.database_url, node_id=node_id, send=store.notify),
+            bus=open_bus(
+                settings.database_url,
+                node_id=node_id,
+                send=store.notify,
+                peer_dir=settings.worker_bus_dir,
+            ),
             observer=observer,
         )
         app.state.coordinator = coordinator

@@ -109,12 +109,17 @@ main.add_command(stats)
 @settings_options
 @click.option("--log-level", default="info", show_default=True, envvar="TASKYARD_LOG_LEVEL")
 @click.option("--access-log/--no-access-log", default=False, envvar="TASKYARD_ACCESS_LOG")
-def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
+# A worker of `serve --workers N` serves on the socket its supervisor bound (cli/workers.py).
+@click.option("--worker-fd", type=int, default=None, hidden=True)
+def serve(log_level: str, access_log: bool, worker_fd: int | None, **overrides: Any) -> None:
     """Migrate the database and serve the API and background loops."""
+    import socket
+
     import uvicorn
 
     from taskyard.api.app import begin_shutdown, create_app
     from taskyard.cli.serving import GracefulServer, guarded_protocol
+    from taskyard.cli.workers import Supervisor, die_with_parent, worker_count
 
     # Logging first, so that everything serve says (a bad configuration too) is in one format.
     try:
@@ -122,11 +127,19 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log-level") from None
     settings, secret_source = _configured(overrides, complain=log.error)
-    if settings.env == "development":
+    if settings.env == "development" and worker_fd is None:
         if settings.log_format == "json":
             _log_dev_notice(settings, secret_source)
         else:
             _print_dev_banner(settings, secret_source)
+    workers = worker_count(settings)
+    if worker_fd is None and workers > 1:
+        supervisor = Supervisor(settings, workers, log_level=log_level, access_log=access_log)
+        sys.exit(supervisor.run())
+    sockets = None
+    if worker_fd is not None:
+        die_with_parent()
+        sockets = [socket.socket(fileno=worker_fd)]
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -144,7 +157,7 @@ def serve(log_level: str, access_log: bool, **overrides: Any) -> None:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
     server = GracefulServer(config, on_signal=lambda hurry: begin_shutdown(app, hurry=hurry))
-    server.run()
+    server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

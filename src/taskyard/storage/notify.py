@@ -1,4 +1,5 @@
-"""Change notices between nodes: PostgreSQL LISTEN/NOTIFY, or nothing on SQLite.
+"""Change notices between nodes: PostgreSQL LISTEN/NOTIFY; on SQLite, datagrams between the
+workers of one machine (`peerbus.py`), or nothing for a single process.
 
 A node publishes what it changed (tasks that reached a final state, new work, server or node
 changes); notices published in one event-loop tick are merged and sent with `pg_notify` inside
@@ -88,7 +89,7 @@ class PgBus:
     def _flush(self) -> None:
         self._flush_planned = False
         payloads = [f"{self._node_id} {kind}" for kind in sorted(self._kinds)]
-        payloads += [f"{self._node_id} final {ids}" for ids in _chunks(sorted(self._final))]
+        payloads += [f"{self._node_id} final {ids}" for ids in chunks(sorted(self._final))]
         self._final.clear()
         self._kinds.clear()
         if payloads:
@@ -142,21 +143,27 @@ class PgBus:
             self._handlers.nodes()
 
     def _on_notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        sender, _, rest = payload.partition(" ")
-        kind, _, ids = rest.partition(" ")
-        if sender == self._node_id or self._handlers is None:
-            return
-        if kind == "final":
-            self._handlers.tasks_final(ids.split(","))
-        elif kind == "work":
-            self._handlers.work()
-        elif kind == "servers":
-            self._handlers.servers()
-        elif kind == "nodes":
-            self._handlers.nodes()
+        if self._handlers is not None:
+            on_notice(payload, self._node_id, self._handlers)
 
 
-def _chunks(ids: list[str]) -> Iterable[str]:
+def on_notice(payload: str, node_id: str, handlers: ClusterHandlers) -> None:
+    """Act on one notice (`"<sender> <kind>[ <ids>]"`) unless this node sent it."""
+    sender, _, rest = payload.partition(" ")
+    kind, _, ids = rest.partition(" ")
+    if sender == node_id:
+        return
+    if kind == "final":
+        handlers.tasks_final(ids.split(","))
+    elif kind == "work":
+        handlers.work()
+    elif kind == "servers":
+        handlers.servers()
+    elif kind == "nodes":
+        handlers.nodes()
+
+
+def chunks(ids: list[str]) -> Iterable[str]:
     """Comma-joined ids in payloads under PostgreSQL's size limit."""
     chunk: list[str] = []
     size = 0
@@ -170,7 +177,13 @@ def _chunks(ids: list[str]) -> Iterable[str]:
         yield ",".join(chunk)
 
 
-def open_bus(url: str, *, node_id: str, send: Send) -> ClusterBus:
+def open_bus(url: str, *, node_id: str, send: Send, peer_dir: str = "") -> ClusterBus:
+    """PostgreSQL: LISTEN/NOTIFY. SQLite: datagrams between the workers of `serve --workers`
+    (`peer_dir`, made by their supervisor), or nothing for a process alone."""
     if make_url(url).get_backend_name() == "postgresql":
         return PgBus(url, node_id=node_id, send=send)
+    if peer_dir:
+        from taskyard.storage.peerbus import SocketBus  # it imports this module
+
+        return SocketBus(peer_dir, node_id=node_id)
     return LocalBus()
