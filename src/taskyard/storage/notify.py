@@ -32,38 +32,15 @@ KEEPALIVE_S = 15.0  # a silent network loss shows up as a failed ping within thi
 Send = Callable[[str, list[str]], Awaitable[None]]
 
 
-class PgBus:
-    def __init__(self, url: str, *, node_id: str, send: Send) -> None:
-        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+class Notices:
+    """The publishing half of a bus: what one event-loop tick published, merged into
+    payloads (`"<sender> <kind>[ <ids>]"`) handed to `_deliver` once, at the end of the tick."""
+
+    def __init__(self, node_id: str) -> None:
         self._node_id = node_id
-        self._send = send
-        self._handlers: ClusterHandlers | None = None
-        self._conn: asyncpg.Connection | None = None
-        self._listener: asyncio.Task[None] | None = None
         self._final: set[str] = set()
         self._kinds: set[str] = set()
         self._flush_planned = False
-        self._sending: set[asyncio.Task[None]] = set()
-
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def start(self, handlers: ClusterHandlers) -> None:
-        self._handlers = handlers
-        connected = asyncio.Event()
-        self._listener = asyncio.get_running_loop().create_task(self._listen(connected))
-        with contextlib.suppress(TimeoutError):  # the loop keeps trying in the background
-            await asyncio.wait_for(connected.wait(), timeout=5)
-
-    async def close(self) -> None:
-        self._flush()
-        await asyncio.gather(*self._sending, return_exceptions=True)
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-
-    # ---- publishing -------------------------------------------------------------------
 
     def tasks_final(self, task_ids: Iterable[str]) -> None:
         self._final.update(task_ids)
@@ -93,9 +70,44 @@ class PgBus:
         self._final.clear()
         self._kinds.clear()
         if payloads:
-            job = asyncio.get_running_loop().create_task(self._publish(payloads))
-            self._sending.add(job)
-            job.add_done_callback(self._sending.discard)
+            self._deliver(payloads)
+
+    def _deliver(self, payloads: list[str]) -> None:
+        raise NotImplementedError
+
+
+class PgBus(Notices):
+    def __init__(self, url: str, *, node_id: str, send: Send) -> None:
+        super().__init__(node_id)
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._send = send
+        self._handlers: ClusterHandlers | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def start(self, handlers: ClusterHandlers) -> None:
+        self._handlers = handlers
+        connected = asyncio.Event()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(connected))
+        with contextlib.suppress(TimeoutError):  # the loop keeps trying in the background
+            await asyncio.wait_for(connected.wait(), timeout=5)
+
+    async def close(self) -> None:
+        self._flush()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    def _deliver(self, payloads: list[str]) -> None:
+        job = asyncio.get_running_loop().create_task(self._publish(payloads))
+        self._sending.add(job)
+        job.add_done_callback(self._sending.discard)
 
     async def _publish(self, payloads: list[str]) -> None:
         try:

@@ -18,11 +18,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable
 from pathlib import Path
 
 from taskyard.domain.ports import ClusterHandlers
-from taskyard.storage.notify import chunks, on_notice
+from taskyard.storage.notify import Notices, on_notice
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,13 @@ MAX_DATAGRAM = 65_536  # bytes read per datagram; notices are chunked well below
 SOCKET_SUFFIX = ".sock"
 
 
-class SocketBus:
+class SocketBus(Notices):
     def __init__(self, directory: str, *, node_id: str) -> None:
+        super().__init__(node_id)
         self._dir = Path(directory)
-        self._node_id = node_id
         self._path = self._dir / f"{node_id}{SOCKET_SUFFIX}"
         self._sock: socket.socket | None = None
         self._handlers: ClusterHandlers | None = None
-        self._final: set[str] = set()
-        self._kinds: set[str] = set()
-        self._flush_planned = False
 
     @property
     def listening(self) -> bool:
@@ -64,37 +60,9 @@ class SocketBus:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
-    # ---- publishing -------------------------------------------------------------------
-
-    def tasks_final(self, task_ids: Iterable[str]) -> None:
-        self._final.update(task_ids)
-        self._plan_flush()
-
-    def work(self) -> None:
-        self._kinds.add("work")
-        self._plan_flush()
-
-    def servers(self) -> None:
-        self._kinds.add("servers")
-        self._plan_flush()
-
-    def nodes(self) -> None:
-        self._kinds.add("nodes")
-        self._plan_flush()
-
-    def _plan_flush(self) -> None:
-        if not self._flush_planned:
-            self._flush_planned = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Send what this loop tick published, merged, to every other worker."""
-        self._flush_planned = False
-        payloads = [f"{self._node_id} {kind}" for kind in sorted(self._kinds)]
-        payloads += [f"{self._node_id} final {ids}" for ids in chunks(sorted(self._final))]
-        self._final.clear()
-        self._kinds.clear()
-        if not payloads or self._sock is None:
+    def _deliver(self, payloads: list[str]) -> None:
+        """Send the tick's notices to every other worker."""
+        if self._sock is None:
             return
         for peer in self._peers():
             for payload in payloads:
