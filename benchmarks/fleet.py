@@ -191,8 +191,9 @@ def start_coordinator(
         **({"TASKYARD_NODE_ID": node_id} if node_id else {}),
         **(env or {}),
     )
-    more = ["--workers", str(workers)] if workers != 1 else []
-    args = taskyard_cmd("serve", "--log-level", "warning", *more, profile=profile)
+    args = taskyard_cmd(
+        "serve", "--log-level", "warning", "--workers", str(workers), profile=profile
+    )
     return children.spawn(name, args, port=port, env=full_env)
 
 

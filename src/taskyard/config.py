@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1)
     # Processes serving on this machine (`serve --workers`, cli/workers.py; docs/deploy.md
     # "Workers"): each a node of its own on the one database; 0 = one per core.
-    workers: int = Field(1, ge=0, le=256)
+    workers: int = Field(0, ge=0, le=256)
     # Set by the supervisor of `serve --workers` for its workers on SQLite: where their change
     # notices meet (storage/peerbus.py). Not for hand use.
     worker_bus_dir: str = ""

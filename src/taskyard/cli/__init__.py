@@ -74,6 +74,7 @@ def _click_type(annotation: Any) -> Any:
 
 # Defaults that depend on TASKYARD_ENV, said in words.
 _SHOWN_DEFAULTS = {
+    "workers": "0 (one per core)",
     "jwt_secret": "(generated in development)",
     "allow_unbound_service_tokens": "true in development, false in production",
 }

@@ -100,7 +100,12 @@ class Supervisor:
         from taskyard.domain.service import Coordinator
         from taskyard.storage.migrate import upgrade
 
-        asyncio.run(upgrade(self.settings.database_url))  # once, not N times in a race
+        try:
+            asyncio.run(upgrade(self.settings.database_url))  # once, not N times in a race
+        except Exception as exc:
+            where = make_url(self.settings.database_url).render_as_string(hide_password=True)
+            log.error("cannot migrate the database at %s: %s: %s", where, type(exc).__name__, exc)
+            return STARTUP_FAILURE
         sock = listening_socket(self.settings.host, self.settings.port)
         sqlite = make_url(self.settings.database_url).get_backend_name() == "sqlite"
         bus_dir = tempfile.mkdtemp(prefix="taskyard-workers-") if sqlite else ""
@@ -131,7 +136,9 @@ class Supervisor:
         args += ["--log-level", self.log_level]
         args.append("--access-log" if self.access_log else "--no-access-log")
         env = {**self._env, "TASKYARD_NODE_ID": node_id}
-        process = subprocess.Popen(args, env=env, pass_fds=(fd,))
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # passes it on once (a second copy would be taken as the hurried stop).
+        process = subprocess.Popen(args, env=env, pass_fds=(fd,), process_group=0)
         return Worker(index, node_id, process)
 
     def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
