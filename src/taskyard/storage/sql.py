@@ -344,12 +344,11 @@ class SqlStore:
         revision: str | None = None,
         expect: Mapping[str, Any] | None = None,
     ) -> bool:
-        stmt = update(servers).where(servers.c.id == server_id).values(_server_values(values))
-        if revision is not None:
-            stmt = stmt.where(servers.c.revision == revision)
-        for column, value in _server_values(expect or {}).items():
-            stmt = stmt.where(servers.c[column] == value)
-        return await self.writes.run(lambda conn: conn.execute(stmt).rowcount > 0)
+        row, expected = _server_values(values), _server_values(expect or {})
+        stmt = _server_update(tuple(row), revision is not None, tuple(expected))
+        params = {**row, **{f"_expect_{k}": v for k, v in expected.items()}}
+        params |= {"_server_id": server_id, "_revision": revision}
+        return await self.writes.run(lambda conn: conn.execute(stmt, params).rowcount > 0)
 
     async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
         if column not in _SERVER_COUNTERS:
@@ -691,13 +690,16 @@ def _task_row(task: Task) -> dict[str, Any]:
 def _task_from_row(row: Row[Any]) -> Task:
     """A task from its row; a summary row (no request or result column) gives `{}` and
     None for those."""
-    mapping = row._mapping
-    fields: dict[str, Any] = {name: mapping.get(name) for name in _TASK_FIELDS}
-    request, result = mapping.get("request"), mapping.get("result")
+    # One plain dict of the row, then dict lookups: a Row's attribute or mapping `.get` per
+    # column cost five times as much (measured: 18 vs 3.5 us for 30 columns), on hot paths.
+    columns = dict(zip(row._fields, row, strict=True))
+    fields: dict[str, Any] = {name: columns.get(name) for name in _TASK_FIELDS}
+    request, result = columns.get("request"), columns.get("result")
     fields["request"] = orjson.loads(request) if request is not None else {}
-    fields["status"] = TaskStatus(row.status)
+    fields["status"] = TaskStatus(columns["status"])
     fields["result"] = orjson.loads(result) if result is not None else None
-    fields["attempts"] = tuple(AttemptRecord.from_json(a) for a in orjson.loads(row.attempts))
+    attempts = orjson.loads(columns["attempts"])
+    fields["attempts"] = tuple(AttemptRecord.from_json(a) for a in attempts)
     return Task(**fields)
 
 
@@ -708,6 +710,18 @@ def _tally_sum(row: Row[Any]) -> TallySum:
         if name in fields:
             fields[name] = int(fields[name] or 0)
     return TallySum(**fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _server_update(columns: tuple[str, ...], by_revision: bool, expect: tuple[str, ...]) -> Any:
+    """The UPDATE of these server columns, built once per shape and run with parameters:
+    building it per call cost more than running it (a health check writes one per check)."""
+    stmt = update(servers).where(servers.c.id == bindparam("_server_id"))
+    if by_revision:
+        stmt = stmt.where(servers.c.revision == bindparam("_revision"))
+    for column in expect:
+        stmt = stmt.where(servers.c[column] == bindparam(f"_expect_{column}"))
+    return stmt.values({column: bindparam(column) for column in columns})
 
 
 def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -725,10 +739,13 @@ def _server_row(server: Server) -> dict[str, Any]:
 
 
 def _server_from_row(row: Row[Any]) -> Server:
-    fields = {name: getattr(row, name) for name in _SERVER_FIELDS}
-    fields["models"] = tuple(orjson.loads(row.models))
-    fields["extra"] = orjson.loads(row.extra)
-    fields["status"] = ServerStatus(row.status)
-    fields["reported_load"] = orjson.loads(row.reported_load) if row.reported_load else None
+    columns = dict(zip(row._fields, row, strict=True))  # see _task_from_row
+    fields = {name: columns[name] for name in _SERVER_FIELDS}
+    fields["models"] = tuple(orjson.loads(columns["models"]))
+    fields["extra"] = orjson.loads(columns["extra"])
+    fields["status"] = ServerStatus(columns["status"])
+    load = columns["reported_load"]
+    fields["reported_load"] = orjson.loads(load) if load else None
     # A held slot is as busy as a running task: the backend may still be working on it.
-    return Server(**fields, in_flight=row.in_flight + row.held, held=row.held)
+    held = columns["held"]
+    return Server(**fields, in_flight=columns["in_flight"] + held, held=held)
