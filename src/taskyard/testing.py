@@ -312,6 +312,11 @@ class MemoryStore:
         server = self._servers.get(server_id)
         return self._with_in_flight(server) if server else None
 
+    async def get_servers(self, server_ids: Collection[str]) -> list[Server]:
+        await _turn()
+        found = (self._servers.get(server_id) for server_id in set(server_ids))
+        return [self._with_in_flight(server) for server in found if server is not None]
+
     async def list_servers(self) -> list[Server]:
         await _turn()
         return self._server_list()

@@ -176,13 +176,21 @@ class HealthMonitor(Wakeable):
         if now >= self._next_resync:
             self._next_resync = now + RESYNC_S * 1000
             await self.resync()
+        due_now: list[str] = []
         while self._heap and self._heap[0][0] <= now:
             due, _, server_id = heapq.heappop(self._heap)
             if self._due.get(server_id) != due:
                 continue  # superseded or forgotten
             del self._due[server_id]
+            due_now.append(server_id)
+        # One read for all the servers due now rather than one per check (at 1,000 servers
+        # the reads were a fifth of the monitor's time); each write stays conditional on the
+        # registration read, as before.
+        found = {s.id: s for s in await self.store.get_servers(due_now)} if due_now else {}
+        for server_id in due_now:
             await self._slots.acquire()
-            job = asyncio.get_running_loop().create_task(self._guarded_check(server_id))
+            check = self._guarded_check(server_id, found.get(server_id))
+            job = asyncio.get_running_loop().create_task(check)
             self._checks.add(job)
             job.add_done_callback(self._checks.discard)
         until_next = (self._heap[0][0] - now) / 1000 if self._heap else RESYNC_S
@@ -206,9 +214,9 @@ class HealthMonitor(Wakeable):
                     server.id, max(server.next_check_at, now + self._rng.randrange(spread_ms))
                 )
 
-    async def _guarded_check(self, server_id: str) -> None:
+    async def _guarded_check(self, server_id: str, server: Server | None) -> None:
         try:
-            await self.check(server_id)
+            await self.check(server_id, server)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -219,9 +227,11 @@ class HealthMonitor(Wakeable):
         finally:
             self._slots.release()
 
-    async def check(self, server_id: str) -> None:
-        """Check one server now and record the outcome."""
-        server = await self.store.get_server(server_id)
+    async def check(self, server_id: str, server: Server | None = None) -> None:
+        """Check one server now and record the outcome; `server` as just read, if it was
+        (else, or if it was not found then, it is read here)."""
+        if server is None:
+            server = await self.store.get_server(server_id)
         if server is None or not server.health_url or not self.membership.owns(server_id):
             self.forget(server_id)
             return

@@ -179,6 +179,10 @@ class Store(Protocol):
 
     async def get_server(self, server_id: str) -> Server | None: ...
 
+    async def get_servers(self, server_ids: Collection[str]) -> list[Server]:
+        """Those of `server_ids` that exist (any order), with their in-flight counts."""
+        ...
+
     async def list_servers(self) -> list[Server]:
         """Every server, with its in-flight count filled in."""
         ...

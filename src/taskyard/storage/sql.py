@@ -333,6 +333,12 @@ class SqlStore:
         found = await self._servers(server_id)
         return found[0] if found else None
 
+    async def get_servers(self, server_ids: Collection[str]) -> list[Server]:
+        params = {"server_ids": list(server_ids)}
+        return await self.runner.read(
+            lambda conn: [_server_from_row(row) for row in conn.execute(_GET_SERVERS, params)]
+        )
+
     async def list_servers(self) -> list[Server]:
         return await self._servers(None)
 
@@ -530,6 +536,7 @@ _ANY_DUE = (
 _NEXT_DUE = select(func.min(tasks.c.next_attempt_at)).where(IS_WAITING)
 _LIST_SERVERS = select(servers, _IN_FLIGHT, holds.HELD).order_by(servers.c.id)
 _GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
+_GET_SERVERS = _LIST_SERVERS.where(servers.c.id.in_(bindparam("server_ids", expanding=True)))
 
 
 def _waiting_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
