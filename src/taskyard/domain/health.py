@@ -247,11 +247,20 @@ class HealthMonitor(Wakeable):
             self.forget(server_id)
             await self._on_expired(server_id)  # logs the removal and its reason
             return
-        # Only onto the registration that was checked: one replaced or deleted meanwhile wins.
-        if not await self.store.update_server(server_id, values, revision=server.revision):
-            if await self.store.get_server(server_id) is None:
+        if not await self._record(server, values):
+            fresh = await self.store.get_server(server_id)
+            if fresh is None:
                 self.forget(server_id)
-            return
+                return
+            if fresh.revision != server.revision:
+                return  # replaced meanwhile: the new registration has its own schedule
+            # Ejected (or let back) by its dispatch results since it was read: judge the same
+            # reply again on what the server is now, so that the ejection's error stays.
+            server = fresh
+            values = next_state(server, reply, now=now, policy=self.policy)
+            values["checked_by"] = self.membership.node_id
+            if not await self._record(server, values):
+                return  # changing under us twice: the next check records it
         if server_id not in self._due:  # a fresh registration may have rescheduled it
             self.schedule(server_id, values["next_check_at"])
         change = describe_change(server, reply, now=now)
@@ -260,6 +269,14 @@ class HealthMonitor(Wakeable):
             log.log(level, "server %s %s", server_id, what, extra={"server_id": server_id})
         if server.status is not ServerStatus.ONLINE and reply.healthy:
             self._on_online(server_id)
+
+    async def _record(self, server: Server, values: dict[str, Any]) -> bool:
+        """Write a check's outcome only onto the registration that was checked (one replaced
+        or deleted meanwhile wins) and only if its ejection is still as read: what
+        `next_state` wrote depends on it."""
+        return await self.store.update_server(
+            server.id, values, revision=server.revision, expect={"ejected": server.ejected}
+        )
 
     async def _probe(self, url: str, *, api_key: str | None) -> HealthReply:
         timeout_s = self.policy.timeout_s
