@@ -162,7 +162,9 @@ def test_text_logs_are_readable_lines_with_ids(
     assert f"WARNING taskyard.domain.dispatcher: task {failed} FAILED (backend_rejected)" in (
         line_with(f"task_id={failed} server_id={sid}", "HTTP 400")
     )
-    assert f"server {sid} offline: health check failed" in line_with(f"server_id={sid}", "503")
+    assert f"server {sid} offline: health check failed" in line_with(
+        f"server_id={sid}", "health HTTP 503"
+    )
     # Text mode keeps the development banner, the documented way to a first token...
     assert "admin token (24 h):" in output
     # ...but nothing a backend was sent shows up.
