@@ -72,7 +72,7 @@ def _click_type(annotation: Any) -> Any:
     return {bool: bool, int: int, float: float}.get(annotation, str)
 
 
-# Defaults that depend on TASKYARD_ENV, said in words.
+# Defaults said in words: those that depend on TASKYARD_ENV or on the machine.
 _SHOWN_DEFAULTS = {
     "workers": "0 (one per core)",
     "jwt_secret": "(generated in development)",
