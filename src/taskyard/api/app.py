@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from taskyard import __version__, logs
 from taskyard.api import errors
+from taskyard.api.hot import HotRoutes
 from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import (
@@ -202,6 +203,7 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
     app.include_router(nodes.router)
     app.include_router(dashboard.router)
     app.include_router(metrics.router)
+    app.add_middleware(HotRoutes)  # innermost: the other layers apply to it as to any route
     app.add_middleware(JsonBodies)
     app.add_middleware(
         BodyLimit,

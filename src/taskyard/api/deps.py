@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 
 from taskyard import auth, errors
 from taskyard.domain.service import Coordinator
@@ -25,17 +26,32 @@ async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> auth.Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    token = None if credentials is None else credentials.credentials  # None unless Bearer
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    return await authenticate(request.app.state, token, method=request.method, route=route)
+
+
+async def authenticate(
+    state: State, token: str | None, *, method: str, route: str
+) -> auth.Principal:
+    """Who sends `token` (401 without one), counted against their rate limit on `route`.
+    Shared by the dependency above and the hot routes' fast path (`api.hot`)."""
+    if not token:
         raise errors.Unauthorized("Missing bearer token (Authorization: Bearer <JWT>)")
-    verifier: auth.TokenVerifier = request.app.state.token_verifier
-    principal = await verifier.verify_async(credentials.credentials)
+    verifier: auth.TokenVerifier = state.token_verifier
+    principal = await verifier.verify_async(token)
     if principal.registration is not None:
         # A token issued for a server registration dies with it (delete, or a new registration).
-        coordinator: Coordinator = request.app.state.coordinator
+        coordinator: Coordinator = state.coordinator
         await coordinator.check_registration(principal)
-    limiter: RateLimiter = request.app.state.rate_limiter
-    route = getattr(request.scope.get("route"), "path", request.url.path)
-    await limiter.check(principal, method=request.method, route=route)
+    limiter: RateLimiter = state.rate_limiter
+    await limiter.check(principal, method=method, route=route)
+    return principal
+
+
+def require_client(principal: auth.Principal) -> auth.Principal:
+    if not principal.has_any(auth.USER, auth.ADMIN):
+        raise errors.Forbidden("This route needs role `user` or `admin`")
     return principal
 
 
@@ -44,9 +60,7 @@ PrincipalDep = Annotated[auth.Principal, Depends(get_principal)]
 
 
 async def _client(principal: PrincipalDep) -> auth.Principal:
-    if not principal.has_any(auth.USER, auth.ADMIN):
-        raise errors.Forbidden("This route needs role `user` or `admin`")
-    return principal
+    return require_client(principal)
 
 
 async def _admin(principal: PrincipalDep) -> auth.Principal:

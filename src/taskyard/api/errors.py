@@ -62,16 +62,20 @@ def rate_limit_headers(exc: errors.RateLimited) -> dict[str, str]:
     return headers
 
 
+def domain_error_response(exc: errors.TaskyardError) -> JsonResponse:
+    headers = None
+    if isinstance(exc, errors.Unavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, errors.RateLimited):
+        headers = rate_limit_headers(exc)
+    details = exc.details if isinstance(exc, errors.InvalidInput) else None
+    return error_response(status_for(exc), exc.message, details, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.TaskyardError)
     async def _domain(_request: Request, exc: errors.TaskyardError) -> JsonResponse:
-        headers = None
-        if isinstance(exc, errors.Unavailable):
-            headers = {"Retry-After": str(exc.retry_after_s)}
-        elif isinstance(exc, errors.RateLimited):
-            headers = rate_limit_headers(exc)
-        details = exc.details if isinstance(exc, errors.InvalidInput) else None
-        return error_response(status_for(exc), exc.message, details, headers=headers)
+        return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JsonResponse:

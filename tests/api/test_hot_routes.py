@@ -1,0 +1,219 @@
+"""The hot task routes' fast path (`api.hot.HotRoutes`, issue 11), in-process on a real SQLite
+file: it answers valid creates and reads on its own, exactly as the FastAPI routes would, and
+hands everything it is not sure of to those routes, body and all, so errors stay the routes'.
+
+Three apps share one database: `full` as served; `routes_only` without the fast path (the
+FastAPI routes answer everything); `hot_only` with nothing behind the fast path (what it
+declines gets a 418), so whatever it answers, it answered alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from taskyard.api.app import create_app
+from taskyard.api.hot import HotRoutes
+from taskyard.config import Settings
+from tests.support import SECRET, bearer, count_rows, token
+
+DECLINED_STATUS = 418
+
+
+def _without_fast_path(app: FastAPI) -> FastAPI:
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not HotRoutes]
+    return app
+
+
+async def _declined(scope: Scope, receive: Receive, send: Send) -> None:
+    await PlainTextResponse("declined by the fast path", status_code=DECLINED_STATUS)(
+        scope, receive, send
+    )
+
+
+class _Alone(HotRoutes):
+    """The fast path with nothing behind it: what it does not answer gets `_declined`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(_declined)
+
+
+def _fast_path_alone(app: FastAPI) -> FastAPI:
+    app.user_middleware = [
+        Middleware(_Alone) if m.cls is HotRoutes else m for m in app.user_middleware
+    ]
+    return app
+
+
+class Apps:
+    def __init__(self, database_url: str) -> None:
+        settings = Settings(database_url=database_url, jwt_secret=SECRET)
+        self.database_url = database_url
+        self.full = create_app(settings)
+        self.routes_only = _without_fast_path(create_app(settings))
+        self.hot_only = _fast_path_alone(create_app(settings))
+
+    def client(self, app: FastAPI, roles: list[str], sub: str = "alice") -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://yard",
+            headers=bearer(token(roles, sub)),
+        )
+
+    def stored(self) -> int:
+        return count_rows(self.database_url, "tasks")
+
+
+@pytest.fixture
+async def apps(tmp_path: Path) -> AsyncIterator[Apps]:
+    apps = Apps(f"sqlite:///{tmp_path / 'hot.db'}")
+    async with contextlib.AsyncExitStack() as stack:
+        for app in (apps.full, apps.routes_only, apps.hot_only):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        yield apps
+
+
+def _comparable(body: Any) -> Any:
+    """A task answer without what differs between two tasks (id, times)."""
+    details = dict(body["taskDetails"])
+    for varying in ("id", "createdAt", "updatedAt"):
+        assert details.pop(varying)
+    return {**body, "taskId": None, "taskDetails": details}
+
+
+async def test_the_fast_path_answers_valid_creates_and_reads_alone(apps: Apps) -> None:
+    async with apps.client(apps.hot_only, ["user"]) as alice:
+        created = await alice.post(
+            "/api/task?priority=-7&timeout_s=2.5&max_attempts=3&queue_timeout_s=60&other=x",
+            json={"model": "m", "prompt": "hi", "nested": {"a": [1, 2.5, None]}},
+        )
+        assert created.status_code == 200, created.text
+        task = created.json()
+        details = task["taskDetails"]
+        assert (details["priority"], details["status"], details["owner"]) == (
+            -7,
+            "WAITING",
+            "alice",
+        )
+        assert details["request"] == {"model": "m", "prompt": "hi", "nested": {"a": [1, 2.5, None]}}
+        assert created.json()["warnings"]  # no server serves model `m`
+        assert "x-request-id" in created.headers  # the outer layers still apply
+        assert created.headers["x-content-type-options"] == "nosniff"
+
+        read = await alice.get(f"/api/task/{task['taskId']}")
+        assert read.status_code == 200
+        assert read.json()["taskDetails"]["waiting"]["reason"]
+        waited = await alice.get(f"/api/task/{task['taskId']}?wait=0.05")
+        assert waited.status_code == 200 and waited.json()["taskDetails"]["status"] == "WAITING"
+        assert apps.stored() == 1
+
+
+async def test_the_fast_path_refuses_callers_as_the_routes_do(apps: Apps) -> None:
+    async with (
+        apps.client(apps.full, ["user"]) as alice,
+        apps.client(apps.full, ["user"], "bob") as bob_full,
+        apps.client(apps.routes_only, ["user"], "bob") as bob_routes,
+        apps.client(apps.full, ["service"]) as service_full,
+        apps.client(apps.routes_only, ["service"]) as service_routes,
+    ):
+        task_id = (await alice.post("/api/task", json={"model": "m"})).json()["taskId"]
+        refusals = (
+            (bob_full, bob_routes, "GET", f"/api/task/{task_id}", 404),
+            (service_full, service_routes, "POST", "/api/task", 403),
+        )
+        for fast, slow, method, url, status in refusals:
+            answers = [await c.request(method, url, json={"model": "m"}) for c in (fast, slow)]
+            assert answers[0].status_code == status
+            assert (answers[0].status_code, answers[0].json()) == (
+                answers[1].status_code,
+                answers[1].json(),
+            )
+        for app in (apps.full, apps.routes_only):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://yard"
+            ) as anonymous:
+                refused = await anonymous.post("/api/task", json={"model": "m"})
+                assert refused.status_code == 401
+                assert refused.headers["www-authenticate"] == "Bearer"
+        assert apps.stored() == 1
+
+
+DECLINED: dict[str, tuple[str, str, bytes]] = {
+    "malformed json": ("POST", "/api/task", b'{"model": "m",'),
+    "no model": ("POST", "/api/task", b'{"prompt": "hi"}'),
+    "array body": ("POST", "/api/task", b'[{"model": "m"}]'),
+    "integer over 64 bits": ("POST", "/api/task", b'{"model": "m", "n": 99999999999999999999}'),
+    "NaN": ("POST", "/api/task", b'{"model": "m", "n": NaN}'),
+    "priority not a number": ("POST", "/api/task?priority=high", b'{"model": "m"}'),
+    "priority out of range": ("POST", "/api/task?priority=5000", b'{"model": "m"}'),
+    "zero timeout": ("POST", "/api/task?timeout_s=0", b'{"model": "m"}'),
+    "no attempts": ("POST", "/api/task?max_attempts=0", b'{"model": "m"}'),
+    "negative wait": ("GET", "/api/task/some-id?wait=-1", b""),
+    "wait too long": ("GET", "/api/task/some-id?wait=61", b""),
+    "wait not a number": ("GET", "/api/task/some-id?wait=soon", b""),
+}
+
+
+@pytest.mark.parametrize("case", DECLINED, ids=DECLINED)
+async def test_what_the_fast_path_is_unsure_of_gets_the_routes_answer(
+    apps: Apps, case: str
+) -> None:
+    method, url, body = DECLINED[case]
+    async with (
+        apps.client(apps.full, ["admin"]) as full,
+        apps.client(apps.routes_only, ["admin"]) as routes_only,
+        apps.client(apps.hot_only, ["admin"]) as hot_only,
+    ):
+        answers = [
+            await client.request(method, url, content=body) for client in (full, routes_only)
+        ]
+        assert answers[0].status_code == 400, answers[0].text
+        assert (answers[0].status_code, answers[0].json()) == (
+            answers[1].status_code,
+            answers[1].json(),
+        )
+        # Without the routes behind it, the fast path's refusal to answer shows.
+        declined = await hot_only.request(method, url, content=body)
+        assert declined.status_code == DECLINED_STATUS
+    assert apps.stored() == 0
+
+
+async def test_a_repeated_option_is_left_to_the_route(apps: Apps) -> None:
+    """FastAPI takes the last of a repeated query parameter: the fast path does not guess."""
+    url = "/api/task?priority=1&priority=2"
+    async with (
+        apps.client(apps.full, ["user"]) as full,
+        apps.client(apps.routes_only, ["user"]) as routes_only,
+        apps.client(apps.hot_only, ["user"]) as hot_only,
+    ):
+        answers = [await client.post(url, json={"model": "m"}) for client in (full, routes_only)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert answers[0].json()["taskDetails"]["priority"] == 2
+        assert _comparable(answers[0].json()) == _comparable(answers[1].json())
+        assert (await hot_only.post(url, json={"model": "m"})).status_code == DECLINED_STATUS
+
+
+async def test_valid_answers_are_the_same_both_ways(apps: Apps) -> None:
+    async with (
+        apps.client(apps.full, ["user"]) as full,
+        apps.client(apps.routes_only, ["user"]) as routes_only,
+    ):
+        url = "/api/task?priority=3&max_attempts=2"
+        body = {"model": "m", "text": "é ☃", "list": [True, False, {"deep": None}]}
+        answers = [await client.post(url, json=body) for client in (full, routes_only)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert _comparable(answers[0].json()) == _comparable(answers[1].json())
+        reads = [
+            await client.get(f"/api/task/{a.json()['taskId']}?wait=0")
+            for client, a in zip((full, routes_only), answers, strict=True)
+        ]
+        assert _comparable(reads[0].json()) == _comparable(reads[1].json())
