@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -29,8 +29,12 @@ from tests.support import SECRET, bearer, count_rows, token
 DECLINED_STATUS = 418
 
 
+def _is_fast_path(middleware: Middleware) -> bool:
+    return cast(object, middleware.cls) is HotRoutes
+
+
 def _without_fast_path(app: FastAPI) -> FastAPI:
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not HotRoutes]
+    app.user_middleware = [m for m in app.user_middleware if not _is_fast_path(m)]
     return app
 
 
@@ -49,7 +53,7 @@ class _Alone(HotRoutes):
 
 def _fast_path_alone(app: FastAPI) -> FastAPI:
     app.user_middleware = [
-        Middleware(_Alone) if m.cls is HotRoutes else m for m in app.user_middleware
+        Middleware(_Alone) if _is_fast_path(m) else m for m in app.user_middleware
     ]
     return app
 

@@ -89,12 +89,17 @@ class Dispatcher(Wakeable):
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
         self._record_failures = FailureLog("recording backend replies", logger=log)
         self._cancels_due = False  # a cancel was recorded here: send it without waiting
+        # The last claim left free slots (see claim_alongside); until a claim says, assume so.
+        self._slots_to_spare = True
+        self._claiming_alongside = False
+        self._running = False
         self.accounts = ServerAccounts(store=store, policy=policy.ejection)
         self.cancels = CancelSender(
             store=store, client=client, policy=policy, spawn=self._spawn, freed=self.wake
         )
 
     async def run(self) -> None:
+        self._running = True  # passes driven by hand (tests) get no claims beside creates
         await self.repeat("dispatcher", self.step)
 
     async def close(self, *, grace_s: float = 5.0) -> None:
@@ -160,13 +165,39 @@ class Dispatcher(Wakeable):
         """Assign and send due WAITING tasks; return whether a full batch was taken."""
         if not await self.store.has_due_tasks(now=now):
             return False  # the common idle case: one indexed probe, no server list
+        return await self._claim_and_send(now)
+
+    async def _claim_and_send(self, now: int) -> bool:
         claim = _Claim(self, now)
         won = await self.store.claim_tasks(now=now, plan=claim.plan)
         for ok, (update, task), server in zip(won, claim.starts, claim.servers, strict=True):
             if ok:
                 self.observer.tallied(update.tallies)
                 self._spawn(self._send(task, server))
+        self._slots_to_spare = claim.slots_left > 0
         return claim.full_batch and any(won)
+
+    def claim_alongside(self) -> None:
+        """New tasks are being stored (their inserts just queued): when the last claim left
+        servers with free slots, claim now rather than after their commit and a pass's
+        coalescing pause. A store that groups writes runs this claim in the same transaction
+        as the inserts queued before it (SQLite: one commit on the way from create to send,
+        not two). At most one such claim at a time; a saturated fleet takes none, and the
+        woken pass claims whatever this one did not."""
+        if self._claiming_alongside or not (self._slots_to_spare and self._running):
+            return
+        if self._stopping.is_set():
+            return
+        self._claiming_alongside = True
+        self._spawn(self._claim_beside_creates())
+
+    async def _claim_beside_creates(self) -> None:
+        try:
+            await self._claim_and_send(now_ms())
+        except Exception:  # the woken pass claims the tasks; say why this one could not
+            log.warning("claiming beside new tasks failed", exc_info=True)
+        finally:
+            self._claiming_alongside = False
 
     async def apply(self, updates: list[TaskUpdate], *, wake: bool = True) -> list[bool]:
         """Commit conditional task updates; tell waiters; wake the loop if anything changed.
@@ -366,8 +397,11 @@ class _Claim:
         self.starts: list[tuple[TaskUpdate, Task]] = []
         self.servers: list[Server] = []
         self.full_batch = False
+        self.slots_left = 0  # free slots the plan left free
 
     def plan(self, servers: list[Server], waiting: WaitingReader) -> list[TaskUpdate]:
+        # A store may run a plan twice (a group commit retried write by write): start afresh.
+        self.starts, self.servers, self.full_batch, self.slots_left = [], [], False, 0
         usable = [s for s in servers if s.in_rotation and s.free_slots > 0]
         free = sum(s.free_slots for s in usable)
         if free == 0:
@@ -385,6 +419,7 @@ class _Claim:
             now=self.now,
             max_ejected_share=self.policy.ejection.max_share,
         )
+        self.slots_left = free - len(assignments)
         for assignment in assignments:
             self.servers.append(assignment.server)
             self.starts.append(

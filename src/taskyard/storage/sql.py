@@ -189,7 +189,12 @@ class SqlStore:
 
             return [_apply(conn, update) for update in plan(servers, waiting)]
 
-        won: list[bool] = (await self._transaction([op]))[0]
+        if self.is_postgres:
+            # A transaction of its own: in a group commit, the dispatch lock would be taken
+            # between creates' per-owner locks, in either order (a deadlock across nodes).
+            won: list[bool] = (await self._transaction([op]))[0]
+        else:  # with the writes queued before it (creates: `Dispatcher.claim_alongside`)
+            won = await self.writes.run(op)
         return won
 
     async def has_due_tasks(self, *, now: int) -> bool:
