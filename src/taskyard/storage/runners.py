@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,17 @@ def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.close()
+
+
+def _is_busy(exc: sqlalchemy.exc.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds the write lock."""
+    return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
 R = TypeVar("R")
 P = ParamSpec("P")
 
@@ -125,6 +137,13 @@ def _translated(
             raise
 
     return run
+
+
+def _commit_and_close(conn: Connection) -> None:
+    try:
+        _commit(conn.commit)
+    finally:
+        conn.close()
 
 
 def _commit(commit: Callable[[], Any]) -> Any:
@@ -166,6 +185,20 @@ class SqliteRunner:
         )
         event.listen(self.write_engine, "connect", pragmas)
         event.listen(self.write_engine, "begin", _begin_immediate)
+        # The same, for transactions whose statements run in the event loop's thread: it
+        # never waits for the lock (busy_timeout 0); when another process holds it, the
+        # transaction goes to the writer thread instead, which waits (see `transaction`).
+        # Two: one may still be committing in the writer thread when the next begins (and,
+        # finding the lock taken, goes to the writer thread behind it).
+        self.inline_engine = sqlalchemy.create_engine(
+            sync_url,
+            pool_size=2,
+            max_overflow=0,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+        )
+        event.listen(self.inline_engine, "connect", pragmas)
+        event.listen(self.inline_engine, "connect", _no_busy_wait)
+        event.listen(self.inline_engine, "begin", _begin_immediate)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
         # The sqlite3 module drops the GIL inside each statement; taking it back waits for the
         # writer thread's switch interval (5 ms by default), which stalled reads in the event
@@ -189,8 +222,42 @@ class SqliteRunner:
 
     @_translated
     async def transaction(self, ops: list[SyncOp]) -> list[Any]:
+        """Run `ops` in the event loop's thread and the COMMIT (its fsync) in the writer's.
+
+        The statements are mostly SQLAlchemy's Python, which holds the GIL wherever it runs:
+        in the writer thread they only fought the loop for it (a transaction of two small
+        writes took over a millisecond at one client, most of it waiting for the GIL). The
+        fsync lets go of the GIL, so it runs in the writer thread while the loop goes on; with
+        `synchronous=normal` there is no fsync at commit, and it runs inline too. If another
+        process holds the write lock, the whole transaction runs in the writer thread, which
+        waits for the lock without holding up the loop.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._transaction, ops)
+        conn = self._begin_inline()
+        if conn is None:
+            return await loop.run_in_executor(self._writer, self._transaction, ops)
+        try:
+            results = [op(conn) for op in ops]
+        except BaseException:
+            conn.close()  # rolls back, in the loop: a ROLLBACK has nothing to wait for
+            raise
+        if self.synchronous == "normal":
+            _commit_and_close(conn)
+        else:  # from here the writer thread owns the connection, even if this is cancelled
+            await loop.run_in_executor(self._writer, _commit_and_close, conn)
+        return results
+
+    def _begin_inline(self) -> Connection | None:
+        """A connection in a fresh write transaction, or None if the write lock is taken."""
+        conn = self.inline_engine.connect()
+        try:
+            conn.begin()
+        except sqlalchemy.exc.OperationalError as exc:
+            conn.close()
+            if _is_busy(exc):
+                return None
+            raise
+        return conn
 
     def _transaction(self, ops: list[SyncOp]) -> list[Any]:
         with self.write_engine.connect() as conn:
@@ -201,6 +268,7 @@ class SqliteRunner:
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self.inline_engine.dispose()
         self.write_engine.dispose()
         self.scan_engine.dispose()
         self.engine.dispose()
