@@ -92,6 +92,7 @@ class Dispatcher(Wakeable):
         # The last claim left free slots (see claim_alongside); until a claim says, assume so.
         self._slots_to_spare = True
         self._claiming_alongside = False
+        self._claim_again = False  # a create came while a claim beside creates ran
         self._running = False
         self.accounts = ServerAccounts(store=store, policy=policy.ejection)
         self.cancels = CancelSender(
@@ -178,22 +179,27 @@ class Dispatcher(Wakeable):
         return claim.full_batch and any(won)
 
     def claim_alongside(self) -> None:
-        """New tasks are being stored (their inserts just queued): when the last claim left
-        servers with free slots, claim now rather than after their commit and a pass's
-        coalescing pause. A store that groups writes runs this claim in the same transaction
-        as the inserts queued before it (SQLite: one commit on the way from create to send,
-        not two). At most one such claim at a time; a saturated fleet takes none, and the
-        woken pass claims whatever this one did not."""
-        if self._claiming_alongside or not (self._slots_to_spare and self._running):
+        """New tasks are about to be stored: when the last claim left servers with free slots,
+        claim now rather than after their commit and a pass's coalescing pause. A store that
+        groups writes runs this claim in the same transaction as the inserts queued before it
+        (SQLite: one commit on the way from create to send, not two). One such claim at a
+        time: creates meanwhile get one more right after it. A saturated fleet takes none;
+        the woken pass claims whatever these did not."""
+        if not (self._slots_to_spare and self._running) or self._stopping.is_set():
             return
-        if self._stopping.is_set():
+        if self._claiming_alongside:
+            self._claim_again = True
             return
         self._claiming_alongside = True
         self._spawn(self._claim_beside_creates())
 
     async def _claim_beside_creates(self) -> None:
         try:
-            await self._claim_and_send(now_ms())
+            while True:
+                self._claim_again = False
+                await self._claim_and_send(now_ms())
+                if not (self._claim_again and self._slots_to_spare):
+                    return
         except Exception:  # the woken pass claims the tasks; say why this one could not
             log.warning("claiming beside new tasks failed", exc_info=True)
         finally:

@@ -242,11 +242,11 @@ class Coordinator:
         now = now_ms()
         tasks = [self._new_task(owner, request, options, now=now) for request, options in items]
         cap = self.config.max_unfinished_tasks if capped else 0
-        # The inserts are queued first (a task runs in the order created), so a claim the
-        # dispatcher queues beside them can run in their transaction (`claim_alongside`).
-        adding = asyncio.ensure_future(self.store.add_tasks(tasks, unfinished_cap=cap))
+        # The claim beside the inserts (`claim_alongside`) starts as a task of its own, which
+        # runs only once this one waits for the inserts' commit: queued behind them, it can
+        # run in their transaction.
         self.dispatcher.claim_alongside()
-        await adding
+        await self.store.add_tasks(tasks, unfinished_cap=cap)
         self.observer.tallied([Tally(Event.CREATED, now, task.model) for task in tasks])
         self.dispatcher.wake()
         self.bus.work()

@@ -188,11 +188,9 @@ class SqliteRunner:
         # The same, for transactions whose statements run in the event loop's thread: it
         # never waits for the lock (busy_timeout 0); when another process holds it, the
         # transaction goes to the writer thread instead, which waits (see `transaction`).
-        # Two: one may still be committing in the writer thread when the next begins (and,
-        # finding the lock taken, goes to the writer thread behind it).
         self.inline_engine = sqlalchemy.create_engine(
             sync_url,
-            pool_size=2,
+            pool_size=1,
             max_overflow=0,
             connect_args={"check_same_thread": False, "isolation_level": None},
         )
@@ -200,6 +198,7 @@ class SqliteRunner:
         event.listen(self.inline_engine, "connect", _no_busy_wait)
         event.listen(self.inline_engine, "begin", _begin_immediate)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
+        self._one_at_a_time = asyncio.Lock()
         # The sqlite3 module drops the GIL inside each statement; taking it back waits for the
         # writer thread's switch interval (5 ms by default), which stalled reads in the event
         # loop. A shorter interval keeps those waits short.
@@ -232,6 +231,13 @@ class SqliteRunner:
         process holds the write lock, the whole transaction runs in the writer thread, which
         waits for the lock without holding up the loop.
         """
+        # One transaction of this process at a time, whichever thread runs it. Without this,
+        # one could begin inline while another waited in the writer thread for the lock the
+        # first holds, the first's COMMIT queued behind it there: stuck for the busy timeout.
+        async with self._one_at_a_time:
+            return await self._transaction_now(ops)
+
+    async def _transaction_now(self, ops: list[SyncOp]) -> list[Any]:
         loop = asyncio.get_running_loop()
         conn = self._begin_inline()
         if conn is None:
