@@ -18,7 +18,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -60,17 +60,23 @@ class Case:
     starts_at_cursor: bool = False  # a keyset page: the index is entered at the cursor
 
 
+def _claim(model_count: int | None) -> Select[Any]:
+    return cast(Select[Any], sql._claim_statement(model_count).stmt)
+
+
 def cases() -> list[Case]:
     served = MODELS[:3]  # a claim for the models the free servers serve
     return [
         Case("claim", sql._waiting_query(NOW, LIMIT, None), "ix_tasks_waiting"),
         Case("claim for models", sql._waiting_query(NOW, LIMIT, served), "ix_tasks_waiting"),
         # As claims run: FOR UPDATE SKIP LOCKED on PostgreSQL (nothing more on SQLite).
-        Case("claim, locking", sql._claim_query(NOW, LIMIT, None), "ix_tasks_waiting"),
+        # The statement a claim runs, with its parameters bound (`limit` too).
+        Case("claim, locking", _claim(None), "ix_tasks_waiting", {"now": NOW, "limit": LIMIT}),
         Case(
             "claim for models, locking",
-            sql._claim_query(NOW, LIMIT, served),
+            _claim(len(served)),
             "ix_tasks_waiting",
+            {"now": NOW, "limit": LIMIT} | {f"model_{i}": m for i, m in enumerate(served)},
         ),
         Case("any due", sql._ANY_DUE, "ix_tasks_waiting", {"now": NOW}),
         Case("next due", sql._NEXT_DUE, "ix_tasks_waiting", ordered=False),

@@ -31,11 +31,13 @@ class Statement:
         compiled = stmt.compile(dialect=_SQLITE)  # type: ignore[attr-defined]
         self.sql = str(compiled)
         self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self.defaults = compiled.params  # values the statement holds itself (SQLite's OFFSET 0)
         columns = stmt.selected_columns if isinstance(stmt, Select) else ()
         self.booleans = frozenset(c.name for c in columns if isinstance(c.type, Boolean))
 
     def _params(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] for name in self.order]
+        defaults = self.defaults
+        return [params[name] if name in params else defaults[name] for name in self.order]
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         if conn.dialect.name != "sqlite":

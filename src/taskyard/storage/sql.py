@@ -185,8 +185,13 @@ class SqlStore:
             servers = [_server_from_columns(row) for row in _LIST_SERVERS_DIRECT.rows(conn, {})]
 
             def waiting(limit: int, models: Collection[str] | None) -> list[Task]:
-                query = _claim_query(now, limit, models)
-                return [_task_from_row(row) for row in conn.execute(query)]
+                names = sorted(models) if models is not None else None
+                if names == []:
+                    return []  # no model is served: nothing can match
+                query = _claim_statement(None if names is None else len(names))
+                params: dict[str, Any] = {"now": now, "limit": limit}
+                params |= {f"model_{i}": name for i, name in enumerate(names or ())}
+                return [_task_from_columns(row) for row in query.rows(conn, params)]
 
             return [_apply(conn, update) for update in plan(servers, waiting)]
 
@@ -201,7 +206,7 @@ class SqlStore:
     async def has_due_tasks(self, *, now: int) -> bool:
         """Whether any WAITING task is due: the dispatcher's cheap first question."""
         return await self.runner.read(
-            lambda conn: conn.execute(_ANY_DUE, {"now": now}).first() is not None
+            lambda conn: _ANY_DUE_DIRECT.first(conn, {"now": now}) is not None
         )
 
     async def next_due_at(self) -> int | None:
@@ -537,6 +542,7 @@ _ANY_DUE = (
     .order_by(*_QUEUE_ORDER)
     .limit(1)
 )
+_ANY_DUE_DIRECT = Statement(_ANY_DUE)
 # Reads all of ix_tasks_waiting, not the table: the WAITING rows, in no order. (An index led by
 # next_attempt_at would answer at once, but misled claims; the dispatcher does not ask this.)
 _NEXT_DUE = select(func.min(tasks.c.next_attempt_at)).where(IS_WAITING)
@@ -608,10 +614,21 @@ def _ahead_of(task: Task) -> Any:
     )
 
 
-def _claim_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
-    """`_waiting_query` as a claim reads it: rows another writer holds are skipped, not awaited
-    (PostgreSQL; SQLite has one writer and no row locks)."""
-    return _waiting_query(now, limit, models).with_for_update(skip_locked=True)
+@functools.lru_cache(maxsize=64)
+def _claim_statement(model_count: int | None) -> Statement:
+    """`_waiting_query` as a claim reads it, with parameters (`now`, `limit`, `model_<i>`):
+    one compiled statement per number of models. Rows another writer holds are skipped, not
+    awaited (PostgreSQL; SQLite has one writer and no row locks)."""
+    models = None if model_count is None else [f"model_{i}" for i in range(model_count)]
+    query = (
+        select(tasks)
+        .where(IS_WAITING, tasks.c.next_attempt_at <= bindparam("now"))
+        .order_by(*_QUEUE_ORDER)
+        .limit(bindparam("limit"))
+    )
+    if models is not None:
+        query = query.where(tasks.c.model.in_([bindparam(name) for name in models]))
+    return Statement(query.with_for_update(skip_locked=True))
 
 
 # Both sweeps read expired tasks in the order of their index: (deadline, id). Every node sweeps
