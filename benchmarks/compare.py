@@ -38,11 +38,12 @@ import aiohttp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import run, submit
+from benchmarks import backlog, health_scale, run, submit
 from benchmarks.fleet import (
     Child,
     Children,
     clean_env,
+    postgres_server_url,
     run_in_workdir,
     start_mock_backend,
     wait_ready,
@@ -53,6 +54,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 SQLITE_MODES = ("full", "normal")  # TASKYARD_SQLITE_SYNCHRONOUS of the one-client rows
 CELERY_REDIS = os.environ.get("CELERY_BENCH_REDIS", "redis://127.0.0.1:6379/9")
+PARTS = "e2e,pg,latency,submit,health,backlog"
+MEMORY_GROWTH_MAX = 1.10  # node memory after the measured load / after the warm-up
+HEALTH = health_scale.Options(
+    servers=[1000], backends=4, interval_s=10.0, window_s=30.0, list_calls=5, keep=False
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="taskyard rows")
     parser.add_argument(
         "--parts",
-        default="e2e,latency,submit",
-        help="which parts to run (comma-separated: e2e, latency, submit; default all)",
+        default=PARTS,
+        help=f"which parts to run (comma-separated, default all: {PARTS})",
     )
     parser.add_argument("--keep", action="store_true")
     return parser.parse_args(argv)
@@ -97,7 +103,7 @@ def run_options(args: argparse.Namespace, *, tasks: int, clients: int) -> run.Op
         clients=clients,
         is_async=False,
         setups=(run.Setup("sqlite"),),
-        postgres_url="",
+        postgres_url=postgres_server_url(),
         keep=args.keep,
         poll_ms=10.0,
         wait_s=30.0,
@@ -174,9 +180,10 @@ async def taskyard_row(
     name: str,
     index: int,
     synchronous: str = "full",
+    database: str = "sqlite",
 ) -> run.Row:
     opts = run_options(args, tasks=tasks, clients=clients)
-    setup = run.Setup("sqlite", nodes=1, workers=workers, sqlite_synchronous=synchronous)
+    setup = run.Setup(database, nodes=1, workers=workers, sqlite_synchronous=synchronous)
     connector = aiohttp.TCPConnector(limit=clients + 16)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
@@ -209,8 +216,11 @@ async def submit_rates(children: Children, workdir: Path) -> dict[str, float]:
 class Results:
     loads: list[LoadResult]
     taskyard: dict[int, run.Row]  # by worker count
+    postgres: dict[int, run.Row]  # the same on PostgreSQL
     latency: dict[str, tuple[LoadResult, LoadResult]]  # by SQLite mode: direct c1, taskyard c1
     submits: dict[str, float]
+    health: health_scale.Row | None
+    backlog: list[tuple[str, float]]  # per database: dispatch rate, 50,000 vs 1,000 waiting
 
 
 async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> Results:
@@ -236,6 +246,14 @@ async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> 
             name=f"taskyard x{workers}", index=n,
         )  # fmt: skip
         loads.append(rows[workers].result)
+    postgres: dict[int, run.Row] = {}
+    for n, workers in enumerate(args.workers if "pg" in parts else [], 50):
+        postgres[workers] = await taskyard_row(
+            children, backends, workdir, args,
+            workers=workers, tasks=args.tasks, clients=args.clients,
+            name=f"taskyard pg x{workers}", index=n, database="postgresql",
+        )  # fmt: skip
+        loads.append(postgres[workers].result)
     latency: dict[str, tuple[LoadResult, LoadResult]] = {}
     for n, mode in enumerate(SQLITE_MODES if "latency" in parts else (), 100):
         direct_c1 = await direct_row(
@@ -248,7 +266,13 @@ async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> 
         loads += [direct_c1, taskyard_c1.result]
         latency[mode] = (direct_c1, taskyard_c1.result)
     submits = await submit_rates(children, workdir) if "submit" in parts else {}
-    return Results(loads, rows, latency, submits)
+    health = (await health_scale.bench(HEALTH, children, workdir))[0] if "health" in parts else None
+    depths: list[tuple[str, float]] = []
+    if "backlog" in parts:
+        options = backlog.parse_args(["--rounds", "1"])
+        rounds = await backlog.bench(options, children, workdir)
+        depths = [(database, ratio) for database, ratio, _ in backlog.verdicts(rounds, options)]
+    return Results(loads, rows, postgres, latency, submits, health, depths)
 
 
 def targets(results: Results) -> list[Target]:
@@ -258,6 +282,15 @@ def targets(results: Results) -> list[Target]:
         best = max(results.taskyard.values(), key=lambda row: row.result.throughput).result
         ratio = best.throughput / celery.throughput
         found.append(Target(f"end to end vs Celery ({best.name})", ratio, 2.0, "x"))
+    sqlite_x1, postgres_x1 = results.taskyard.get(1), results.postgres.get(1)
+    if sqlite_x1 and postgres_x1:
+        ratio = postgres_x1.result.throughput / sqlite_x1.result.throughput
+        found.append(Target("PostgreSQL x1 vs SQLite x1", ratio, 0.8, "x"))
+    for workers, row in results.taskyard.items():
+        warm, end = row.nodes_rss
+        if warm:
+            name = f"memory growth over the load (x{workers})"
+            found.append(Target(name, end / warm, MEMORY_GROWTH_MAX, "x", higher_is_better=False))
     for mode, (direct_c1, taskyard_c1) in results.latency.items():
         for q, goal in ((50, 2.0), (99, 10.0)):
             added = taskyard_c1.latency_ms(q) - direct_c1.latency_ms(q)
@@ -266,6 +299,12 @@ def targets(results: Results) -> list[Target]:
     for name, goal in submit.TARGETS.items():
         if name in results.submits:
             found.append(Target(f"submit {name}", results.submits[name], goal, "tasks/s"))
+    if results.health is not None:
+        name = f"health, {results.health.servers} servers / {HEALTH.interval_s:g} s"
+        cpu = results.health.cpu_percent
+        found.append(Target(name, cpu, 5.0, "% of a core", higher_is_better=False))
+    for database, ratio in results.backlog:
+        found.append(Target(f"dispatch, 50,000 vs 1,000 waiting ({database})", ratio, 0.8, "x"))
     return found
 
 
@@ -273,8 +312,8 @@ def print_report(results: Results, args: argparse.Namespace) -> None:
     print(
         f"\n{args.backends} mock backends (no delay) x capacity {args.capacity}; {args.tasks}"
         f" tasks, {args.clients} clients (c1 rows: {args.latency_tasks} tasks, one client);"
-        f" Celery prefork {args.celery_processes}; taskyard on SQLite, synchronous=FULL unless"
-        " a row says normal\n"
+        f" Celery prefork {args.celery_processes}; taskyard on SQLite (synchronous=FULL unless"
+        " a row says normal) or PostgreSQL (pg rows)\n"
     )
     direct = results.loads[0]  # with the e2e part; else the one-client direct row
     print(f"{'row':<14} {'tasks/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
@@ -285,9 +324,19 @@ def print_report(results: Results, args: argparse.Namespace) -> None:
             f"{load.name:<14} {load.throughput:>9.0f} {versus:>9.2f}"
             f" {load.latency_ms(50):>8.2f} {load.latency_ms(99):>8.2f}  {outcomes}"
         )
-    for workers, row in results.taskyard.items():
+    for row in [*results.taskyard.values(), *results.postgres.values()]:
         cpu = (row.nodes_cpu_s or 0.0) / max(1, row.result.tasks) * 1000
-        print(f"taskyard x{workers}: node CPU {cpu:.2f} ms/task")
+        warm, end = (rss / 2**20 for rss in row.nodes_rss)
+        print(
+            f"{row.result.name}: node CPU {cpu:.2f} ms/task; memory {warm:.0f} MB after the"
+            f" warm-up, {end:.0f} MB at the end"
+        )
+    if results.health is not None:
+        health = results.health
+        print(
+            f"health monitor: {health.servers} servers every {HEALTH.interval_s:g} s:"
+            f" {health.checks_per_s:.0f} checks/s, {health.cpu_ms_per_check:.2f} ms CPU per check"
+        )
     print(f"\n{'target':<40} {'measured':>10} {'goal':>10} {'ratio':>6}  met")
     for target in targets(results):
         sign = "≥" if target.higher_is_better else "≤"

@@ -34,6 +34,7 @@ HOST = "127.0.0.1"
 SECRET = "taskyard-benchmark-secret-" + "s" * 40  # HS256 key; 40+ characters
 FINAL_STATUSES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 READY_TIMEOUT_S = 60.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DATABASE_PREFIX = "taskyard_bench_"  # fresh PostgreSQL databases; drop leftovers by this prefix
@@ -228,6 +229,22 @@ def cpu_seconds(pid: int) -> float:
     # After the command name: state is field 3 of stat(5), utime 14 and stime 15.
     own = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return own + sum(cpu_seconds(child) for child in children)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its live descendants (the workers), from /proc."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            children = [int(child) for child in listed.read().split()]
+    except FileNotFoundError:  # it ended meanwhile
+        return 0
+    return resident_pages * PAGE_SIZE + sum(rss_bytes(child) for child in children)
+
+
+def rss_of(children: Sequence[Child]) -> int:
+    return sum(rss_bytes(child.pid) for child in children)
 
 
 def cpu_of(children: Sequence[Child]) -> float:

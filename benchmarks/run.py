@@ -64,6 +64,7 @@ from benchmarks.fleet import (
     postgres_server_url,
     postgres_unreachable,
     register_backends,
+    rss_of,
     run_in_workdir,
     start_coordinator,
     start_mock_backend,
@@ -229,6 +230,8 @@ class Row:
     load_cpu_s: float
     nodes_cpu_s: float | None = None  # summed over the nodes; None for direct
     postgres_cpu_s: float = 0.0  # the local PostgreSQL server's processes
+    # The nodes' resident memory after the warm-up and after the measured load (bytes).
+    nodes_rss: tuple[int, int] = (0, 0)
     node_logs: list[str] = field(default_factory=list)  # PROBLEM lines the nodes logged
 
     @property
@@ -243,9 +246,11 @@ async def measure(
     if opts.warmup:
         await run_load("warmup", opts.warmup, opts.clients, one)
     marks = (cpu_of(backends), time.process_time(), cpu_of(nodes), local_postgres_cpu())
+    rss_warm = rss_of(nodes)
     result = await run_load(name, opts.tasks, opts.clients, one)
     return Row(
         result,
+        nodes_rss=(rss_warm, rss_of(nodes)),
         backends_cpu_s=cpu_of(backends) - marks[0],
         load_cpu_s=time.process_time() - marks[1],
         nodes_cpu_s=cpu_of(nodes) - marks[2] if nodes else None,

@@ -365,7 +365,7 @@ class SqlStore:
         stmt = _server_update(tuple(row), revision is not None, tuple(expected))
         params = {**row, **{f"_expect_{k}": v for k, v in expected.items()}}
         params |= {"_server_id": server_id, "_revision": revision}
-        return await self.writes.run(lambda conn: conn.execute(stmt, params).rowcount > 0)
+        return await self.writes.run(lambda conn: stmt.rowcount(conn, params) > 0)
 
     async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
         if column not in _SERVER_COUNTERS:
@@ -752,7 +752,9 @@ def _tally_sum(row: Row[Any]) -> TallySum:
 
 
 @functools.lru_cache(maxsize=256)
-def _server_update(columns: tuple[str, ...], by_revision: bool, expect: tuple[str, ...]) -> Any:
+def _server_update(
+    columns: tuple[str, ...], by_revision: bool, expect: tuple[str, ...]
+) -> Statement:
     """The UPDATE of these server columns, built once per shape and run with parameters:
     building it per call cost more than running it (a health check writes one per check)."""
     stmt = update(servers).where(servers.c.id == bindparam("_server_id"))
@@ -760,7 +762,7 @@ def _server_update(columns: tuple[str, ...], by_revision: bool, expect: tuple[st
         stmt = stmt.where(servers.c.revision == bindparam("_revision"))
     for column in expect:
         stmt = stmt.where(servers.c[column] == bindparam(f"_expect_{column}"))
-    return stmt.values({column: bindparam(column) for column in columns})
+    return Statement(stmt.values({column: bindparam(column) for column in columns}))
 
 
 def _server_values(values: Mapping[str, Any]) -> dict[str, Any]:
