@@ -8,12 +8,18 @@ concurrency, in turn:
   client thread sends a task and waits for its result; the task makes taskyard's predict call;
 - `taskyard xN`: `taskyard serve` on a fresh SQLite file (N worker processes); clients submit
   and long-poll `?wait=`;
+- `taskyard pg xN`: the same on a fresh PostgreSQL database;
 - `direct c1`, `taskyard c1`: the same with one client; the latency taskyard adds is the
-  difference of the two.
+  difference of the two;
+- the submit rates of `benchmarks/submit.py`, the health monitor at 1,000 servers checked
+  every 10 s (`benchmarks/health_scale.py`) and the dispatch rate with 50,000 vs 1,000 tasks
+  waiting on each database (`benchmarks/backlog.py`, one round).
 
 Then the targets, each as a ratio of what was measured in this run (ratio ≥ 1 = met):
-end to end ≥ 2 x Celery; added latency ≤ 2 ms p50 and ≤ 10 ms p99; and the submit rates of
-`benchmarks/submit.py` (single ≥ 3,000/s, batch ≥ 20,000 tasks/s).
+end to end ≥ 2 x Celery; PostgreSQL ≥ 0.8 x SQLite; node memory after the load ≤ 1.1 x after
+the warm-up; added latency ≤ 2 ms p50 and ≤ 10 ms p99; submit single ≥ 3,000/s, batch ≥
+20,000 tasks/s; health monitor < 5 % of a core; 50,000 waiting ≥ 0.8 x 1,000 waiting.
+`--parts` picks some of them (e2e, pg, latency, submit, health, backlog).
 
 Celery runs from its own venv (`.venv-bench`, the `bench` dependency group; `make
 bench-compare` syncs it) and Redis database 9 of the local server (`CELERY_BENCH_REDIS`).

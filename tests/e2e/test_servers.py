@@ -362,7 +362,7 @@ def test_failed_dispatches_take_a_server_out_of_rotation(slow_fleet: Fleet) -> N
     # One task at a time: while both are idle, either server may get a task's first attempt
     # (least loaded, then chance), and a failed one is retried on the other. Go on until the
     # failing server had its three (a batch of ten left it fewer by chance, 1 run in 20).
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     while len(failing.received()) < 3 and len(tasks) < 60:
         tasks.append(yard.wait_status(slow_fleet.submit(max_attempts=5), "FINISHED"))
     assert {t["serverId"] for t in tasks} == {spare.server_id}

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Delete, Insert, Select, delete, func, literal_column, select
+from sqlalchemy import (
+    Connection,
+    Delete,
+    Insert,
+    Select,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -50,7 +60,8 @@ def pending_rows(conn: Connection, *, node_id: str) -> list[dict[str, Any]]:
 def upsert_statement(dialect: str) -> Insert:
     """Add to a rollup row, creating it if needed (the same ON CONFLICT on both databases)."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(stat_rollups)
+    columns = (*_KEY, "count", "total_ms")
+    stmt = insert(stat_rollups).values({name: bindparam(name) for name in columns})
     return stmt.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={

@@ -81,7 +81,7 @@ class SqlStore:
         self.node_id = node_id  # whose rollup rows this store's tallies go to
         self.writes = GroupCommitter(self._transaction)
         self.is_postgres = runner.dialect == "postgresql"
-        self._upsert_rollups = rollups.upsert_statement(runner.dialect)
+        self._upsert_rollups = Statement(rollups.upsert_statement(runner.dialect))
 
     @classmethod
     def open(
@@ -104,7 +104,7 @@ class SqlStore:
     def _write_rollups(self, conn: Connection) -> None:
         rows = rollups.pending_rows(conn, node_id=self.node_id)
         if rows:
-            conn.execute(self._upsert_rollups, rows)
+            self._upsert_rollups.many(conn, rows)
 
     async def close(self) -> None:
         await self.writes.close()
