@@ -321,6 +321,16 @@ class MemoryStore:
         await _turn()
         return self._server_list()
 
+    async def offline_servers(self, *, since_before: int) -> list[Server]:
+        await _turn()
+        return [
+            s
+            for s in self._server_list()
+            if s.status is ServerStatus.OFFLINE
+            and s.offline_since is not None
+            and s.offline_since < since_before
+        ]
+
     async def update_server(
         self,
         server_id: str,
@@ -328,6 +338,7 @@ class MemoryStore:
         *,
         revision: str | None = None,
         expect: Mapping[str, Any] | None = None,
+        lazy: bool = False,
     ) -> bool:
         await _turn()
         unknown = (values.keys() | (expect or {}).keys()) - _SERVER_FIELDS

@@ -292,6 +292,12 @@ async def test_servers_are_upserted_listed_by_id_updated_and_deleted(store: Stor
     assert (updated.status, updated.offline_since) == (ServerStatus.OFFLINE, 1_000)
     assert (updated.models, updated.reported_load) == (("a", "b"), {"gpu": 0.5})
 
+    assert [s.id for s in await store.offline_servers(since_before=1_001)] == ["s2"]
+    assert await store.offline_servers(since_before=1_000) == []  # not since before 1,000
+    await store.put_server(make_server("s3", status=ServerStatus.OFFLINE, offline_since=None))
+    assert [s.id for s in await store.offline_servers(since_before=9_999)] == ["s2"]
+    assert await store.delete_servers(["s3"]) == ["s3"]
+
     assert sorted(await store.delete_servers(["s2", "missing", "s1"])) == ["s1", "s2"]
     assert await store.delete_servers(["s1"]) == []
     assert await store.delete_servers([]) == []

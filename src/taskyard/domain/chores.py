@@ -103,9 +103,12 @@ class Chores(Wakeable):
         """Servers the health monitor does not cover (no health URL) expire here too."""
         c = self.c
         limit_ms = int(c.config.health.offline_removal_s * 1000)
+        if not limit_ms:
+            return  # never too long
+        # Only the servers offline long enough (the few), not all of them every pass.
         expired = [
             s.id
-            for s in await c.store.list_servers()
+            for s in await c.store.offline_servers(since_before=now - limit_ms)
             if registry.offline_too_long(s, now=now, limit_ms=limit_ms)
         ]
         if expired:

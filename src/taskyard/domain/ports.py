@@ -187,6 +187,10 @@ class Store(Protocol):
         """Every server, with its in-flight count filled in."""
         ...
 
+    async def offline_servers(self, *, since_before: int) -> list[Server]:
+        """The servers OFFLINE since before `since_before` (epoch ms), as `list_servers`."""
+        ...
+
     async def update_server(
         self,
         server_id: str,
@@ -194,9 +198,11 @@ class Store(Protocol):
         *,
         revision: str | None = None,
         expect: Mapping[str, Any] | None = None,
+        lazy: bool = False,
     ) -> bool:
         """Set `values` on a server; only on its registration `revision`, and only if its
-        fields still have the `expect`ed values, when given."""
+        fields still have the `expect`ed values, when given. `lazy`: the write may wait a
+        little to share a commit with others (a health check's outcome)."""
         ...
 
     async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:

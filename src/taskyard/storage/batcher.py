@@ -38,6 +38,9 @@ Transaction = Callable[[list[Operation]], Awaitable[list[Any]]]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500  # operations per transaction
+# Lazy writes wait for the next tick of this clock, so that those of one tick share a commit:
+# a thousand servers' health checks, spread over their interval, were a commit each.
+LAZY_TICK_S = 0.1
 MAX_PENDING = 10_000  # sheddable writes waiting before StorageBusy
 TRANSIENT_RETRIES = 3  # tries after the first when the database is unreachable
 RETRY_BASE_S = 0.1  # doubled per try: 0.1 + 0.2 + 0.4 s before giving up
@@ -72,19 +75,29 @@ class GroupCommitter:
         return self._queue.qsize()
 
     async def run(
-        self, op: Callable[[Connection], T], *, replay: Operation | None = None, shed: bool = False
+        self,
+        op: Callable[[Connection], T],
+        *,
+        replay: Operation | None = None,
+        shed: bool = False,
+        lazy: bool = False,
     ) -> T:
         """Run `op` inside the next shared transaction; return its result once committed.
 
         `replay` is run instead of `op` if the commit's outcome is unknown (it must find out
-        what the first run stored); `shed` lets this write fail fast with `StorageBusy`."""
+        what the first run stored); `shed` lets this write fail fast with `StorageBusy`;
+        `lazy` queues it at the next `LAZY_TICK_S` tick, with the other lazy writes until
+        then (timers due at one instant run in one turn of the loop, before the committer)."""
+        loop = asyncio.get_running_loop()
+        if lazy:
+            await asyncio.sleep(LAZY_TICK_S - loop.time() % LAZY_TICK_S)
         if shed and self._queue.qsize() >= self._max_pending:
             raise errors.StorageBusy(
                 f"{self._queue.qsize()} writes are waiting for the database; try again"
             )
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.get_running_loop().create_task(self._loop())
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._runner = loop.create_task(self._loop())
+        future: asyncio.Future[T] = loop.create_future()
         self._queue.put_nowait(_Write(op, future, replay))
         return await future
 
