@@ -15,7 +15,8 @@ from sqlalchemy.schema import CreateIndex
 from taskyard.domain.lifecycle import start_attempt
 from taskyard.domain.models import Task, TaskStatus
 from taskyard.storage.migrate import alembic_config, upgrade
-from taskyard.storage.sql import SqlStore, _task_row, _waiting_query, create_engine
+from taskyard.storage.rows import task_row
+from taskyard.storage.sql import SqlStore, _waiting_query, create_engine
 from taskyard.storage.tables import tasks
 from tests.unit.factories import make_task
 
@@ -73,7 +74,7 @@ async def test_upgrade_from_0002_keeps_the_tasks_and_serves_the_queue(database_u
         moved = {k: v for k, v in start.values.items() if k not in ("acked", "node_id")}
         running = replace(running, **moved)
         rows = [
-            {k: v for k, v in _task_row(task).items() if k not in LATER_TASK_COLUMNS}
+            {k: v for k, v in task_row(task).items() if k not in LATER_TASK_COLUMNS}
             for task in [*_queue(), running]
         ]  # running: deadline 1_000 + 10 s
         await store.runner.transaction([lambda conn: conn.execute(insert(tasks), rows)])
