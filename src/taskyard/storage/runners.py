@@ -104,6 +104,23 @@ def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _write_engine(
+    url: Any, pragmas: Callable[..., None], *, waits_for_lock: bool
+) -> sqlalchemy.Engine:
+    """One connection for write transactions, each begun with BEGIN IMMEDIATE."""
+    engine = sqlalchemy.create_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"check_same_thread": False, "isolation_level": None},
+    )
+    event.listen(engine, "connect", pragmas)
+    if not waits_for_lock:
+        event.listen(engine, "connect", _no_busy_wait)
+    event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
 def _no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA busy_timeout=0")
@@ -177,26 +194,11 @@ class SqliteRunner:
         # first read, so what a claim reads (in-flight counts) cannot change under it, even
         # with another process on the same file. (pysqlite would begin only at the first
         # write; the recipe is SQLAlchemy's "pysqlite serializable" one.)
-        self.write_engine = sqlalchemy.create_engine(
-            sync_url,
-            pool_size=1,
-            max_overflow=0,
-            connect_args={"check_same_thread": False, "isolation_level": None},
-        )
-        event.listen(self.write_engine, "connect", pragmas)
-        event.listen(self.write_engine, "begin", _begin_immediate)
+        self.write_engine = _write_engine(sync_url, pragmas, waits_for_lock=True)
         # The same, for transactions whose statements run in the event loop's thread: it
         # never waits for the lock (busy_timeout 0); when another process holds it, the
         # transaction goes to the writer thread instead, which waits (see `transaction`).
-        self.inline_engine = sqlalchemy.create_engine(
-            sync_url,
-            pool_size=1,
-            max_overflow=0,
-            connect_args={"check_same_thread": False, "isolation_level": None},
-        )
-        event.listen(self.inline_engine, "connect", pragmas)
-        event.listen(self.inline_engine, "connect", _no_busy_wait)
-        event.listen(self.inline_engine, "begin", _begin_immediate)
+        self.inline_engine = _write_engine(sync_url, pragmas, waits_for_lock=False)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="taskyard-sqlite-writer")
         self._one_at_a_time = asyncio.Lock()
         # The sqlite3 module drops the GIL inside each statement; taking it back waits for the

@@ -571,8 +571,9 @@ _OFFLINE_SERVERS = Statement(
 _GET_SERVERS = _LIST_SERVERS.where(servers.c.id.in_(bindparam("server_ids", expanding=True)))
 
 
-def _waiting_query(now: int, limit: int, models: Collection[str] | None) -> Select[Any]:
-    """Due WAITING tasks, by priority then FIFO; only `models` when given.
+def _waiting_query(now: Any, limit: Any, models: Collection[Any] | None) -> Select[Any]:
+    """Due WAITING tasks, by priority then FIFO; only `models` when given (values, or bound
+    parameters as the claim's statement has them).
 
     It walks ix_tasks_waiting in this very order and stops after `limit` matches, so a claim
     costs the same with 1,000 or 50,000 tasks waiting (no sort of the whole queue). Tasks in
@@ -638,15 +639,10 @@ def _claim_statement(model_count: int | None) -> Statement:
     """`_waiting_query` as a claim reads it, with parameters (`now`, `limit`, `model_<i>`):
     one compiled statement per number of models. Rows another writer holds are skipped, not
     awaited (PostgreSQL; SQLite has one writer and no row locks)."""
-    models = None if model_count is None else [f"model_{i}" for i in range(model_count)]
-    query = (
-        select(tasks)
-        .where(IS_WAITING, tasks.c.next_attempt_at <= bindparam("now"))
-        .order_by(*_QUEUE_ORDER)
-        .limit(bindparam("limit"))
+    models: list[Any] | None = (
+        None if model_count is None else [bindparam(f"model_{i}") for i in range(model_count)]
     )
-    if models is not None:
-        query = query.where(tasks.c.model.in_([bindparam(name) for name in models]))
+    query = _waiting_query(bindparam("now"), bindparam("limit"), models)
     return Statement(query.with_for_update(skip_locked=True))
 
 
