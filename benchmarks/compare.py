@@ -314,6 +314,18 @@ def targets(results: Results) -> list[Target]:
     return found
 
 
+def print_loads(loads: list[LoadResult]) -> None:
+    direct = loads[0]  # with the e2e part; else the one-client direct row
+    print(f"{'row':<14} {'tasks/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+    for load in loads:
+        outcomes = ", ".join(f"{s} {n}" for s, n in sorted(load.statuses.items()))
+        versus = load.throughput / direct.throughput if "c1" not in load.name else float("nan")
+        print(
+            f"{load.name:<14} {load.throughput:>9.0f} {versus:>9.2f}"
+            f" {load.latency_ms(50):>8.2f} {load.latency_ms(99):>8.2f}  {outcomes}"
+        )
+
+
 def print_report(results: Results, args: argparse.Namespace) -> None:
     print(
         f"\n{args.backends} mock backends (no delay) x capacity {args.capacity}; {args.tasks}"
@@ -321,15 +333,8 @@ def print_report(results: Results, args: argparse.Namespace) -> None:
         f" Celery prefork {args.celery_processes}; taskyard on SQLite (synchronous=FULL unless"
         " a row says normal) or PostgreSQL (pg rows)\n"
     )
-    direct = results.loads[0]  # with the e2e part; else the one-client direct row
-    print(f"{'row':<14} {'tasks/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
-    for load in results.loads:
-        outcomes = ", ".join(f"{s} {n}" for s, n in sorted(load.statuses.items()))
-        versus = load.throughput / direct.throughput if "c1" not in load.name else float("nan")
-        print(
-            f"{load.name:<14} {load.throughput:>9.0f} {versus:>9.2f}"
-            f" {load.latency_ms(50):>8.2f} {load.latency_ms(99):>8.2f}  {outcomes}"
-        )
+    if results.loads:  # parts e2e, pg or latency
+        print_loads(results.loads)
     for row in [*results.taskyard.values(), *results.postgres.values()]:
         cpu = (row.nodes_cpu_s or 0.0) / max(1, row.result.tasks) * 1000
         warm, end = (rss / 2**20 for rss in row.nodes_rss)
