@@ -1,0 +1,112 @@
+"""`storage/direct.Statement` on both databases: the same rows and values SQLAlchemy gives, the
+same errors, in the transaction it is run in, and a lost PostgreSQL connection dropped from the
+pool rather than handed out again. On real SQLite files and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from sqlalchemy import Connection, bindparam, select, text
+
+from taskyard import errors
+from taskyard.storage.direct import Statement
+from taskyard.storage.migrate import upgrade
+from taskyard.storage.sql import SqlStore
+from taskyard.storage.tables import tasks
+from tests.support import DATABASES, fresh_database
+from tests.unit.factories import make_task
+
+_BY_ID = Statement(select(tasks).where(tasks.c.id == bindparam("task_id")))
+_SET_ERROR = Statement(
+    tasks.update().where(tasks.c.id == bindparam("w_id")).values(error=bindparam("v_error"))
+)
+
+
+@pytest.fixture(params=DATABASES, ids=DATABASES)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as database_url:
+        yield database_url
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[SqlStore]:
+    await upgrade(url)
+    sql = SqlStore.open(url)
+    try:
+        yield sql
+    finally:
+        await sql.close()
+
+
+async def test_rows_match_what_sqlalchemy_reads(store: SqlStore) -> None:
+    await store.add_task(make_task(id="t1", priority=3, timeout_s=2.5))
+
+    def both(conn: Connection) -> tuple[dict[str, object] | None, dict[str, object]]:
+        direct = _BY_ID.first(conn, {"task_id": "t1"})
+        plain = dict(conn.execute(_BY_ID.stmt, {"task_id": "t1"}).one()._mapping)
+        return direct, plain
+
+    direct, plain = await store.runner.read(both)
+    assert direct == plain
+    assert direct is not None and direct["acked"] is False and direct["priority"] == 3
+    assert await store.runner.read(lambda conn: _BY_ID.first(conn, {"task_id": "none"})) is None
+
+
+async def test_writes_count_matches_and_roll_back_with_their_transaction(store: SqlStore) -> None:
+    await store.add_task(make_task(id="t1"))
+
+    def update_then_fail(conn: Connection) -> None:
+        assert _SET_ERROR.rowcount(conn, {"w_id": "t1", "v_error": "set"}) == 1
+        assert _SET_ERROR.rowcount(conn, {"w_id": "absent", "v_error": "set"}) == 0
+        raise RuntimeError("after the update")
+
+    with pytest.raises(RuntimeError):
+        await store.runner.transaction([update_then_fail])
+    task = await store.get_task("t1")
+    assert task is not None and task.error is None  # the update went with its transaction
+
+    await store.runner.transaction(
+        [lambda conn: _SET_ERROR.rowcount(conn, {"w_id": "t1", "v_error": "kept"})]
+    )
+    task = await store.get_task("t1")
+    assert task is not None and task.error == "kept"
+
+
+async def test_a_duplicate_insert_is_sqlalchemys_integrity_error(store: SqlStore) -> None:
+    await store.add_task(make_task(id="t1"))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        await store.runner.transaction([lambda conn: _insert_again(conn)])
+    assert await store.get_task("t1") is not None  # and the store goes on
+
+
+def _insert_again(conn: Connection) -> None:
+    row = _BY_ID.first(conn, {"task_id": "t1"})
+    assert row is not None
+    Statement(tasks.insert().values({c: bindparam(c) for c in row})).many(conn, [row])
+
+
+async def test_a_killed_postgresql_connection_is_dropped_from_the_pool(url: str) -> None:
+    if not url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections only")
+    await upgrade(url)
+    store, admin = SqlStore.open(url, pool_size=1), SqlStore.open(url, pool_size=1)
+    try:
+        await store.add_task(make_task(id="t1"))
+        pid = await store.runner.read(
+            lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        )
+        await admin.runner.read(
+            lambda conn: conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
+        )
+        with pytest.raises(errors.StorageUnavailable) as lost:
+            await store.runner.read(lambda conn: _BY_ID.first(conn, {"task_id": "t1"}))
+        cause = lost.value.__cause__
+        assert isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+        # The pool's one connection was dropped, not handed out again: the next read works.
+        assert await store.runner.read(lambda conn: _BY_ID.first(conn, {"task_id": "t1"}))
+    finally:
+        await store.close()
+        await admin.close()
