@@ -1,7 +1,7 @@
 """Process-wide logging: one handler and one format (text or JSON) for taskyard and uvicorn.
 
 `configure()` runs once, in `taskyard serve`, before anything logs. Call sites add ids with
-`extra={"task_id": …, "server_id": …}`; the request id (set by the `RequestId` middleware) and
+`extra={"task_id": …, "server_id": …}`; the request id (set by the `Edge` middleware) and
 this node's id are added to every record by a filter, so no call site has to pass them.
 
 Whatever a message holds, nothing shaped like a JWT leaves this module: a backend's error text

@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from taskyard import __version__, logs
 from taskyard.api import errors
 from taskyard.api.hot import HotRoutes
-from taskyard.api.middleware import BodyLimit, JsonBodies, RequestId
+from taskyard.api.middleware import Edge
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes import (
     batch,
@@ -30,7 +30,7 @@ from taskyard.api.routes import (
     tasks,
 )
 from taskyard.api.schemas import JSON_VALUE_SCHEMA
-from taskyard.api.security import SecurityHeaders, cors_options
+from taskyard.api.security import cors_options
 from taskyard.auth import JwtIssuer, TokenVerifier, keys_from, policy_from
 from taskyard.backends import AiohttpBackendClient
 from taskyard.config import Settings
@@ -203,18 +203,14 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
     app.include_router(nodes.router)
     app.include_router(dashboard.router)
     app.include_router(metrics.router)
-    app.add_middleware(HotRoutes)  # innermost: the other layers apply to it as to any route
-    app.add_middleware(JsonBodies)
-    app.add_middleware(
-        BodyLimit,
-        max_bytes=settings.max_body_bytes,
-        result_max_bytes=settings.max_backend_response_bytes,
-    )
-    app.add_middleware(RequestId)
+    app.add_middleware(HotRoutes)  # innermost: the outer layers apply to it as to any route
     origins = settings.cors_origin_list
     if origins:  # else no CORS headers at all
         app.add_middleware(CORSMiddleware, **cors_options(origins))
-    app.add_middleware(SecurityHeaders)  # outermost: on every answer, preflights included
+    # Outermost: request ids, the body limit and security headers on every answer, CORS
+    # preflights included.
+    limits = {"result_max_bytes": settings.max_backend_response_bytes}
+    app.add_middleware(Edge, max_bytes=settings.max_body_bytes, **limits)
     _openapi_as_served(app)
     return app
 

@@ -102,7 +102,7 @@ def install(app: FastAPI) -> None:
         # Log the details, show none: a 500 body never carries internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         # This handler runs outside the middleware stack (Starlette's ServerErrorMiddleware),
-        # so RequestId cannot add its header here: add the id it stored on the request.
+        # so `Edge` cannot add its header here: add the id it stored on the request.
         request_id = getattr(request.state, "request_id", None)
         headers = {REQUEST_ID: request_id} if isinstance(request_id, str) else None
         return error_response(500, "Internal server error", headers=headers)

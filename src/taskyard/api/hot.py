@@ -179,7 +179,7 @@ class HotRoutes:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body (`BodyLimit`, outside this layer, caps its size); None if the client
+    """The whole body (`Edge`, outside this layer, caps its size); None if the client
     disconnected first."""
     chunks: list[bytes] = []
     while True:

@@ -34,6 +34,7 @@ _DOCS_CSP = (
 )
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 _CSP = b"content-security-policy"
+_API_HEADERS = (*_ALWAYS, (_CSP, _API_CSP))
 
 
 def docs_policy(html: bytes) -> bytes:
@@ -45,62 +46,45 @@ def docs_policy(html: bytes) -> bytes:
     return _DOCS_CSP.format(hashes=hashes).replace(" ;", ";").encode()
 
 
-class SecurityHeaders:
-    """Add the headers above to every HTTP response (pure ASGI: no body is copied except the
-    docs pages', which are small and need their hashes)."""
+def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An answer's headers with the ones above added, except those it sets itself (the
+    dashboard sends its own policy)."""
+    present = {name.lower() for name, _ in headers}
+    return headers + [(n, v) for n, v in _API_HEADERS if n not in present]
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+async def serve_docs_page(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app` for a docs page, with the page's own policy: its body is buffered (it is
+    small) to hash its inline scripts."""
+    start: Message | None = None
+    body: list[bytes] = []
+
+    async def buffer(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
             return
-        if scope["path"] in DOCS_PATHS:
-            await self._docs(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                # A page that sets its own (the dashboard) keeps it.
-                headers += [(n, v) for n, v in (*_ALWAYS, (_CSP, _API_CSP)) if n not in present]
-                message["headers"] = headers
+        if message["type"] != "http.response.body" or start is None:
             await send(message)
+            return
+        body.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        html = b"".join(body)
+        headers = [
+            (name, value)
+            for name, value in start.get("headers", [])
+            if name.lower() not in (_CSP, b"content-length")
+        ]
+        headers += [
+            (_CSP, docs_policy(html)),
+            (b"content-length", str(len(html)).encode()),
+            *_ALWAYS,
+        ]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": html})
 
-        await self.app(scope, receive, send_with_headers)
-
-    async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start: Message | None = None
-        body: list[bytes] = []
-
-        async def buffer(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-                return
-            if message["type"] != "http.response.body" or start is None:
-                await send(message)
-                return
-            body.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            html = b"".join(body)
-            headers = [
-                (name, value)
-                for name, value in start.get("headers", [])
-                if name.lower() not in (_CSP, b"content-length")
-            ]
-            headers += [
-                (_CSP, docs_policy(html)),
-                (b"content-length", str(len(html)).encode()),
-                *_ALWAYS,
-            ]
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": html})
-
-        await self.app(scope, receive, buffer)
+    await app(scope, receive, buffer)
 
 
 def cors_options(origins: Iterable[str]) -> dict[str, Any]:
