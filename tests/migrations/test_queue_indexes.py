@@ -15,8 +15,9 @@ from sqlalchemy.schema import CreateIndex
 from taskyard.domain.lifecycle import start_attempt
 from taskyard.domain.models import Task, TaskStatus
 from taskyard.storage.migrate import alembic_config, upgrade
+from taskyard.storage.queries import waiting_query
 from taskyard.storage.rows import task_row
-from taskyard.storage.sql import SqlStore, _waiting_query, create_engine
+from taskyard.storage.sql import SqlStore, create_engine
 from taskyard.storage.tables import tasks
 from tests.unit.factories import make_task
 
@@ -90,7 +91,7 @@ async def test_upgrade_from_0002_keeps_the_tasks_and_serves_the_queue(database_u
         names = await _index_names(database_url)
         assert names >= NEW and not OLD & names
         assert await store.runner.read(raw) == before
-        claim = _waiting_query(5_000, 10, None)
+        claim = waiting_query(5_000, 10, None)
         order = await store.runner.read(lambda conn: [row.id for row in conn.execute(claim)])
         assert order == ["high-early", "high-late", "expired", "low"]
         assert [t.id for t in await store.expired_in_queue(now=5_000, limit=10)] == ["expired"]

@@ -29,7 +29,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from taskyard.domain.models import Task, TaskStatus
 from taskyard.domain.ports import TaskQuery
-from taskyard.storage import sql
+from taskyard.storage import queries
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from tests import pg
@@ -61,14 +61,14 @@ class Case:
 
 
 def _claim(model_count: int | None) -> Select[Any]:
-    return cast(Select[Any], sql._claim_statement(model_count).stmt)
+    return cast(Select[Any], queries.claim_statement(model_count).stmt)
 
 
 def cases() -> list[Case]:
     served = MODELS[:3]  # a claim for the models the free servers serve
     return [
-        Case("claim", sql._waiting_query(NOW, LIMIT, None), "ix_tasks_waiting"),
-        Case("claim for models", sql._waiting_query(NOW, LIMIT, served), "ix_tasks_waiting"),
+        Case("claim", queries.waiting_query(NOW, LIMIT, None), "ix_tasks_waiting"),
+        Case("claim for models", queries.waiting_query(NOW, LIMIT, served), "ix_tasks_waiting"),
         # As claims run: FOR UPDATE SKIP LOCKED on PostgreSQL (nothing more on SQLite).
         # The statement a claim runs, with its parameters bound (`limit` too).
         Case("claim, locking", _claim(None), "ix_tasks_waiting", {"now": NOW, "limit": LIMIT}),
@@ -78,37 +78,37 @@ def cases() -> list[Case]:
             "ix_tasks_waiting",
             {"now": NOW, "limit": LIMIT} | {f"model_{i}": m for i, m in enumerate(served)},
         ),
-        Case("any due", sql._ANY_DUE, "ix_tasks_waiting", {"now": NOW}),
-        Case("next due", sql._NEXT_DUE, "ix_tasks_waiting", ordered=False),
+        Case("any due", queries.ANY_DUE, "ix_tasks_waiting", {"now": NOW}),
+        Case("next due", queries.NEXT_DUE, "ix_tasks_waiting", ordered=False),
         Case(
             "queue-deadline sweep",
-            sql._expired_in_queue_query(NOW, LIMIT),
+            queries.expired_in_queue_query(NOW, LIMIT),
             "ix_tasks_queue_deadline",
             sweep=True,
         ),
         Case(
             "attempt-deadline sweep",
-            sql._expired_attempts_query(NOW, LIMIT),
+            queries.expired_attempts_query(NOW, LIMIT),
             "ix_tasks_attempt_deadline",
             sweep=True,
         ),
         # Search pages (GET /api/tasks), newest first; a deep page starts at its cursor.
-        Case("search, first page", sql._search_query(TaskQuery(limit=51)), "ix_tasks_created"),
+        Case("search, first page", queries.search_query(TaskQuery(limit=51)), "ix_tasks_created"),
         Case(
             "search, deep page",
-            sql._search_query(TaskQuery(limit=51, before=(NOW // 2, "t-50000"))),
+            queries.search_query(TaskQuery(limit=51, before=(NOW // 2, "t-50000"))),
             "ix_tasks_created",
             starts_at_cursor=True,
         ),
         Case(
             "search, one owner",
-            sql._search_query(TaskQuery(limit=51, owner="alice", before=(NOW // 2, "t"))),
+            queries.search_query(TaskQuery(limit=51, owner="alice", before=(NOW // 2, "t"))),
             "ix_tasks_owner_created",
         ),
         # A capped create counts its owner's unfinished tasks (TASKYARD_MAX_UNFINISHED_TASKS).
         Case(
             "unfinished of one owner",
-            sql._UNFINISHED_COUNT.params(owner="alice", cap=10_000),
+            queries.UNFINISHED_COUNT.params(owner="alice", cap=10_000),
             "ix_tasks_owner_unfinished",
             ordered=False,
         ),

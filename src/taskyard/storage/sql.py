@@ -3,25 +3,19 @@ PostgreSQL; where they run (and every other dialect difference) is `runners.py`'
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Integer,
-    Select,
-    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
-    literal_column,
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -31,15 +25,13 @@ from taskyard import errors
 from taskyard.domain.models import (
     Node,
     Server,
-    ServerStatus,
     SlotHold,
     Task,
-    TaskStatus,
 )
 from taskyard.domain.ports import ClaimPlan, ModelQueue, TaskQuery, TaskUpdate
 from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 from taskyard.jsonsafe import storable_text
-from taskyard.storage import holds, rollups
+from taskyard.storage import holds, queries, rollups
 from taskyard.storage import rows as rowmap  # (`rows` is a common local name here)
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.direct import Statement
@@ -53,7 +45,6 @@ from taskyard.storage.runners import (
 )
 from taskyard.storage.tables import (
     IS_PROCESSING,
-    IS_UNFINISHED,
     IS_WAITING,
     leases,
     nodes,
@@ -125,7 +116,7 @@ class SqlStore:
                 if unfinished + len(batch) > unfinished_cap:
                     return unfinished  # refused: nothing written, the batch's others go on
             rows = [rowmap.task_row(task) for task in batch]
-            _insert_tasks(tuple(rows[0])).many(conn, rows)
+            queries.insert_tasks(tuple(rows[0])).many(conn, rows)
             rollups.record(conn, [Tally(Event.CREATED, t.created_at, t.model) for t in batch])
             return None
 
@@ -147,15 +138,19 @@ class SqlStore:
         one owner on several nodes count one after the other and cannot both take the last
         place; other owners do not wait."""
         if self.is_postgres:
-            conn.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCK, func.hashtext(owner))))
-        return int(conn.execute(_UNFINISHED_COUNT, {"owner": owner, "cap": cap}).scalar_one())
+            conn.execute(
+                select(func.pg_advisory_xact_lock(queries.OWNER_LOCK, func.hashtext(owner)))
+            )
+        return int(
+            conn.execute(queries.UNFINISHED_COUNT, {"owner": owner, "cap": cap}).scalar_one()
+        )
 
     async def get_task(self, task_id: str) -> Task | None:
         if not storable_text(task_id):
             return None  # no stored id has a NUL in it; PostgreSQL would refuse the query
 
         def op(conn: Connection) -> Task | None:
-            row = _GET_TASK.first(conn, {"task_id": task_id})
+            row = queries.GET_TASK.first(conn, {"task_id": task_id})
             return rowmap.task_from_columns(row) if row else None
 
         return await self.runner.read(op)
@@ -172,21 +167,22 @@ class SqlStore:
 
         def op(conn: Connection) -> list[bool]:
             if self.is_postgres:
-                conn.execute(_DISPATCH_LOCK)
+                conn.execute(queries.DISPATCH_LOCK)
             servers = [
-                rowmap.server_from_columns(row) for row in _LIST_SERVERS_DIRECT.rows(conn, {})
+                rowmap.server_from_columns(row)
+                for row in queries.LIST_SERVERS_DIRECT.rows(conn, {})
             ]
 
             def waiting(limit: int, models: Collection[str] | None) -> list[Task]:
                 names = sorted(models) if models is not None else None
                 if names == []:
                     return []  # no model is served: nothing can match
-                query = _claim_statement(None if names is None else len(names))
+                query = queries.claim_statement(None if names is None else len(names))
                 params: dict[str, Any] = {"now": now, "limit": limit}
                 params |= {f"model_{i}": name for i, name in enumerate(names or ())}
                 return [rowmap.task_from_columns(row) for row in query.rows(conn, params)]
 
-            return [_apply(conn, update) for update in plan(servers, waiting)]
+            return [queries.apply(conn, update) for update in plan(servers, waiting)]
 
         if self.is_postgres:
             # A transaction of its own: in a group commit, the dispatch lock would be taken
@@ -199,19 +195,19 @@ class SqlStore:
     async def has_due_tasks(self, *, now: int) -> bool:
         """Whether any WAITING task is due: the dispatcher's cheap first question."""
         return await self.runner.read(
-            lambda conn: _ANY_DUE_DIRECT.first(conn, {"now": now}) is not None
+            lambda conn: queries.ANY_DUE_DIRECT.first(conn, {"now": now}) is not None
         )
 
     async def next_due_at(self) -> int | None:
         """When the earliest WAITING task becomes due (retry backoff), if any."""
-        value = await self.runner.read(lambda conn: conn.execute(_NEXT_DUE).scalar())
+        value = await self.runner.read(lambda conn: conn.execute(queries.NEXT_DUE).scalar())
         return int(value) if value is not None else None
 
     async def expired_attempts(self, *, now: int, limit: int) -> list[Task]:
-        return await self._tasks(_expired_attempts_query(now, limit))
+        return await self._tasks(queries.expired_attempts_query(now, limit))
 
     async def expired_in_queue(self, *, now: int, limit: int) -> list[Task]:
-        return await self._tasks(_expired_in_queue_query(now, limit))
+        return await self._tasks(queries.expired_in_queue_query(now, limit))
 
     async def processing_on(self, server_ids: Iterable[str]) -> list[Task]:
         query = select(tasks).where(IS_PROCESSING, tasks.c.server_id.in_(list(server_ids)))
@@ -236,7 +232,7 @@ class SqlStore:
         """Apply conditional updates in one transaction; each reports whether it matched."""
         if not updates:
             return []
-        return await self.writes.run(lambda conn: [_apply(conn, u) for u in updates])
+        return await self.writes.run(lambda conn: [queries.apply(conn, u) for u in updates])
 
     async def update_task(self, change: TaskUpdate) -> bool:
         return (await self.update_tasks([change]))[0]
@@ -247,7 +243,7 @@ class SqlStore:
         # never wait behind all of it.
         doomed = (
             select(tasks.c.id)
-            .where(tasks.c.finished_at < finished_before, tasks.c.status.in_(_FINAL_VALUES))
+            .where(tasks.c.finished_at < finished_before, tasks.c.status.in_(queries.FINAL_VALUES))
             .order_by(tasks.c.finished_at)
             .limit(limit)
         )
@@ -263,7 +259,7 @@ class SqlStore:
         return await self.runner.scan(
             lambda conn: [
                 rowmap.task_from_columns(r)
-                for r in rowmap.dicts(conn.execute(_search_query(query)))
+                for r in rowmap.dicts(conn.execute(queries.search_query(query)))
             ]
         )
 
@@ -286,7 +282,7 @@ class SqlStore:
     async def queue_position(self, task: Task, *, limit: int) -> int:
         ahead = (
             select(tasks.c.id)
-            .where(IS_WAITING, tasks.c.model == task.model, _ahead_of(task))
+            .where(IS_WAITING, tasks.c.model == task.model, queries.ahead_of(task))
             .limit(limit)
             .subquery()
         )
@@ -349,7 +345,7 @@ class SqlStore:
         return await self.runner.read(
             lambda conn: [
                 rowmap.server_from_columns(row)
-                for row in rowmap.dicts(conn.execute(_GET_SERVERS, params))
+                for row in rowmap.dicts(conn.execute(queries.GET_SERVERS, params))
             ]
         )
 
@@ -360,7 +356,7 @@ class SqlStore:
         return await self.runner.read(
             lambda conn: [
                 rowmap.server_from_columns(row)
-                for row in _OFFLINE_SERVERS.rows(conn, {"before": since_before})
+                for row in queries.OFFLINE_SERVERS.rows(conn, {"before": since_before})
             ]
         )
 
@@ -374,13 +370,13 @@ class SqlStore:
         lazy: bool = False,
     ) -> bool:
         row, expected = rowmap.server_values(values), rowmap.server_values(expect or {})
-        stmt = _server_update(tuple(row), revision is not None, tuple(expected))
+        stmt = queries.server_update(tuple(row), revision is not None, tuple(expected))
         params = {**row, **{f"_expect_{k}": v for k, v in expected.items()}}
         params |= {"_server_id": server_id, "_revision": revision}
         return await self.writes.run(lambda conn: stmt.rowcount(conn, params) > 0, lazy=lazy)
 
     async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
-        if column not in _SERVER_COUNTERS:
+        if column not in queries.SERVER_COUNTERS:
             raise ValueError(f"servers.{column} is not a counter")
         counter = servers.c[column]
         stmt = (
@@ -431,7 +427,7 @@ class SqlStore:
         return await self.writes.run(lambda conn: conn.execute(holds.PRUNE, {"now": now}).rowcount)
 
     async def _servers(self, server_id: str | None) -> list[Server]:
-        query = _LIST_SERVERS_DIRECT if server_id is None else _GET_SERVER_DIRECT
+        query = queries.LIST_SERVERS_DIRECT if server_id is None else queries.GET_SERVER_DIRECT
         params = {"server_id": server_id}
         return await self.runner.read(
             lambda conn: [rowmap.server_from_columns(row) for row in query.rows(conn, params)]
@@ -514,220 +510,3 @@ class SqlStore:
     async def release_leases(self, *, holder: str) -> None:
         stmt = delete(leases).where(leases.c.holder == holder)
         await self.writes.run(lambda conn: conn.execute(stmt))
-
-
-# Hot statements are built once: building and cache-keying a statement per call costs more
-# than running it.
-_GET_TASK = Statement(select(tasks).where(tasks.c.id == bindparam("task_id")))
-# Each server with its count of running tasks, in one round trip (ix_tasks_server).
-_IN_FLIGHT = (
-    select(func.count())
-    .where(tasks.c.server_id == servers.c.id, IS_PROCESSING)
-    .scalar_subquery()
-    .label("in_flight")
-)
-_DISPATCH_LOCK = select(func.pg_advisory_xact_lock(0x7461736B))  # "task" in ASCII
-
-
-# How many WAITING or PROCESSING tasks :owner has, counted no further than :cap. Built once:
-# it runs at every capped create, inside the write batch, where building and compiling a
-# statement per call cost four times what SQLite takes to run it.
-_UNFINISHED_COUNT = select(func.count()).select_from(
-    select(literal_column("1"))
-    .where(tasks.c.owner == bindparam("owner"), IS_UNFINISHED)
-    .limit(bindparam("cap", type_=Integer))
-    .subquery()
-)
-
-
-_OWNER_LOCK = 0x6F776E72  # "ownr": with hashtext(owner), the lock of one owner's creates
-# The queries on WAITING or PROCESSING tasks say so with `IS_WAITING` / `IS_PROCESSING`, the
-# predicates of the partial indexes they walk (tables.py); tests/storage/test_query_plans.py
-# checks both databases' plans for each of them.
-_QUEUE_ORDER = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)  # ix_tasks_waiting
-# The first due task in claim order: the claim's walk, stopped at one. (The ORDER BY also keeps
-# PostgreSQL from a sequential scan that hopes to meet a due row early, while a week of
-# finished tasks lies ahead of the waiting ones in the table.)
-_ANY_DUE = (
-    select(tasks.c.id)
-    .where(IS_WAITING, tasks.c.next_attempt_at <= bindparam("now"))
-    .order_by(*_QUEUE_ORDER)
-    .limit(1)
-)
-_ANY_DUE_DIRECT = Statement(_ANY_DUE)
-# Reads all of ix_tasks_waiting, not the table: the WAITING rows, in no order. (An index led by
-# next_attempt_at would answer at once, but misled claims; the dispatcher does not ask this.)
-_NEXT_DUE = select(func.min(tasks.c.next_attempt_at)).where(IS_WAITING)
-_LIST_SERVERS = select(servers, _IN_FLIGHT, holds.HELD).order_by(servers.c.id)
-_LIST_SERVERS_DIRECT = Statement(_LIST_SERVERS)
-_GET_SERVER = _LIST_SERVERS.where(servers.c.id == bindparam("server_id"))
-_GET_SERVER_DIRECT = Statement(_GET_SERVER)
-_OFFLINE_SERVERS = Statement(
-    _LIST_SERVERS.where(
-        servers.c.status == ServerStatus.OFFLINE.value,
-        servers.c.offline_since < bindparam("before"),
-    )
-)
-_GET_SERVERS = _LIST_SERVERS.where(servers.c.id.in_(bindparam("server_ids", expanding=True)))
-
-
-def _waiting_query(now: Any, limit: Any, models: Collection[Any] | None) -> Select[Any]:
-    """Due WAITING tasks, by priority then FIFO; only `models` when given (values, or bound
-    parameters as the claim's statement has them).
-
-    It walks ix_tasks_waiting in this very order and stops after `limit` matches, so a claim
-    costs the same with 1,000 or 50,000 tasks waiting (no sort of the whole queue). Tasks in
-    retry backoff or for models no free server serves are skipped on the way.
-    """
-    query = (
-        select(tasks)
-        .where(IS_WAITING, tasks.c.next_attempt_at <= now)
-        .order_by(*_QUEUE_ORDER)
-        .limit(limit)
-    )
-    if models is not None:
-        query = query.where(tasks.c.model.in_(list(models)))
-    return query
-
-
-_SUMMARY_COLUMNS = [c for c in tasks.c if c.name not in ("request", "result")]
-
-
-def _search_query(query: TaskQuery) -> Select[Any]:
-    """A search page, newest first: it walks ix_tasks_created (or ix_tasks_owner_created
-    for one owner) backwards from the cursor and stops after `limit` matches."""
-    stmt = (
-        select(*_SUMMARY_COLUMNS)
-        .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
-        .limit(query.limit)
-    )
-    if query.statuses:
-        stmt = stmt.where(tasks.c.status.in_([s.value for s in query.statuses]))
-    for column, value in (
-        (tasks.c.model, query.model),
-        (tasks.c.server_id, query.server_id),
-        (tasks.c.owner, query.owner),
-        (tasks.c.error_code, query.error_code),
-    ):
-        if value is not None:
-            stmt = stmt.where(column == value)
-    if query.created_after is not None:
-        stmt = stmt.where(tasks.c.created_at > query.created_after)
-    if query.created_before is not None:
-        stmt = stmt.where(tasks.c.created_at < query.created_before)
-    if query.before is not None:
-        # A row-value comparison, which both databases turn into a range of the index (the
-        # same condition spelled with OR is a filter on every row before the cursor).
-        created_at, task_id = query.before
-        stmt = stmt.where(tuple_(tasks.c.created_at, tasks.c.id) < tuple_(created_at, task_id))
-    return stmt
-
-
-def _ahead_of(task: Task) -> Any:
-    """Tasks before `task` in claim order: higher priority, or older, or the same with a
-    smaller id (the order of ix_tasks_waiting)."""
-    c = tasks.c
-    return or_(
-        c.priority > task.priority,
-        and_(c.priority == task.priority, c.created_at < task.created_at),
-        and_(c.priority == task.priority, c.created_at == task.created_at, c.id < task.id),
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _claim_statement(model_count: int | None) -> Statement:
-    """`_waiting_query` as a claim reads it, with parameters (`now`, `limit`, `model_<i>`):
-    one compiled statement per number of models. Rows another writer holds are skipped, not
-    awaited (PostgreSQL; SQLite has one writer and no row locks)."""
-    models: list[Any] | None = (
-        None if model_count is None else [bindparam(f"model_{i}") for i in range(model_count)]
-    )
-    query = _waiting_query(bindparam("now"), bindparam("limit"), models)
-    return Statement(query.with_for_update(skip_locked=True))
-
-
-# Both sweeps read expired tasks in the order of their index: (deadline, id). Every node sweeps
-# in that one total order (a deadline does not change while the task is in the swept state), so
-# two nodes updating the same rows take their locks in the same order and never deadlock.
-
-
-def _expired_attempts_query(now: int, limit: int) -> Select[Any]:
-    """PROCESSING tasks past their attempt deadline, earliest first (ix_tasks_attempt_deadline)."""
-    return (
-        select(tasks)
-        .where(IS_PROCESSING, tasks.c.deadline_at < now)
-        .order_by(tasks.c.deadline_at, tasks.c.id)
-        .limit(limit)
-    )
-
-
-def _expired_in_queue_query(now: int, limit: int) -> Select[Any]:
-    """WAITING tasks past their queue deadline, earliest first (ix_tasks_queue_deadline)."""
-    return (
-        select(tasks)
-        .where(IS_WAITING, tasks.c.queue_deadline_at < now)
-        .order_by(tasks.c.queue_deadline_at, tasks.c.id)
-        .limit(limit)
-    )
-
-
-_FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
-_FINAL_VALUES = [s.value for s in _FINAL]
-
-
-def _apply(conn: Connection, change: TaskUpdate) -> bool:
-    values = rowmap.task_values(change.values)
-    statuses = [s.value for s in change.expect_status or ()]
-    stmt = _update_statement(
-        tuple(sorted(values)),
-        len(statuses),
-        change.expect_attempt is not None,
-        change.expect_server is not None,
-    )
-    params = {f"v_{k}": v for k, v in values.items()}
-    params |= {f"w_s{i}": status for i, status in enumerate(statuses)}
-    params |= {"w_id": change.task_id, "w_attempt": change.expect_attempt}
-    params["w_server"] = change.expect_server
-    matched = stmt.rowcount(conn, params) > 0
-    if matched and change.tallies:
-        rollups.record(conn, change.tallies)
-    if matched and change.hold is not None:
-        holds.insert_hold(conn, change.hold)
-    return matched
-
-
-@functools.lru_cache(maxsize=128)
-def _update_statement(
-    columns: tuple[str, ...], statuses: int, by_attempt: bool, by_server: bool
-) -> Statement:
-    """One compiled shape per kind of state change, reused with new parameters."""
-    stmt = update(tasks).where(tasks.c.id == bindparam("w_id"))
-    if statuses:
-        stmt = stmt.where(tasks.c.status.in_([bindparam(f"w_s{i}") for i in range(statuses)]))
-    if by_attempt:
-        stmt = stmt.where(tasks.c.attempt == bindparam("w_attempt"))
-    if by_server:
-        stmt = stmt.where(tasks.c.server_id == bindparam("w_server"))
-    return Statement(stmt.values({column: bindparam(f"v_{column}") for column in columns}))
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_tasks(columns: tuple[str, ...]) -> Statement:
-    return Statement(insert(tasks).values({column: bindparam(column) for column in columns}))
-
-
-_SERVER_COUNTERS = ("dispatch_failures", "consecutive_rejections")
-
-
-@functools.lru_cache(maxsize=256)
-def _server_update(
-    columns: tuple[str, ...], by_revision: bool, expect: tuple[str, ...]
-) -> Statement:
-    """The UPDATE of these server columns, built once per shape and run with parameters:
-    building it per call cost more than running it (a health check writes one per check)."""
-    stmt = update(servers).where(servers.c.id == bindparam("_server_id"))
-    if by_revision:
-        stmt = stmt.where(servers.c.revision == bindparam("_revision"))
-    for column in expect:
-        stmt = stmt.where(servers.c[column] == bindparam(f"_expect_{column}"))
-    return Statement(stmt.values({column: bindparam(column) for column in columns}))
