@@ -4,9 +4,6 @@ pool rather than handed out again. On real SQLite files and the real PostgreSQL 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy
 from sqlalchemy import Connection, bindparam, select, text
@@ -16,29 +13,12 @@ from taskyard.storage.direct import Statement
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from taskyard.storage.tables import tasks
-from tests.support import DATABASES, fresh_database
 from tests.unit.factories import make_task
 
 _BY_ID = Statement(select(tasks).where(tasks.c.id == bindparam("task_id")))
 _SET_ERROR = Statement(
     tasks.update().where(tasks.c.id == bindparam("w_id")).values(error=bindparam("v_error"))
 )
-
-
-@pytest.fixture(params=DATABASES, ids=DATABASES)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_database(request.param, tmp_path) as database_url:
-        yield database_url
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[SqlStore]:
-    await upgrade(url)
-    sql = SqlStore.open(url)
-    try:
-        yield sql
-    finally:
-        await sql.close()
 
 
 async def test_rows_match_what_sqlalchemy_reads(store: SqlStore) -> None:

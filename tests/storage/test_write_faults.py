@@ -7,7 +7,7 @@ the runner's real transaction, after (or instead of) its real COMMIT."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,9 @@ from taskyard.config import Settings
 from taskyard.domain import lifecycle
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.faults import CommitOutcomeUnknown
-from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
-from tests.support import DATABASES, SECRET, bearer, count_rows, fresh_database, token
+from tests.support import SECRET, bearer, count_rows, token
 from tests.unit.factories import make_task
-
-
-@pytest.fixture(params=DATABASES, ids=DATABASES)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_database(request.param, tmp_path) as database_url:
-        yield database_url
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[SqlStore]:
-    await upgrade(url)
-    sql = SqlStore.open(url)
-    try:
-        yield sql
-    finally:
-        await sql.close()
 
 
 class LoseCommitAnswers:
