@@ -329,6 +329,32 @@ async def test_out_of_maintenance_a_checked_server_waits_for_its_next_check(
     assert (await yard.get_server("s1")).state is ServerState.ONLINE
 
 
+async def test_a_check_read_in_maintenance_does_not_undo_its_end(
+    yard: Coordinator, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check in flight when maintenance ends was judged on the registration in maintenance
+    (offline for ages, kept); its failed outcome must not write that old `offline_since` back
+    onto the server now out of maintenance, or the removal sweep takes it before its next check
+    (the CI failure of test_drain_restart_never_removed_and_back on PostgreSQL)."""
+    from taskyard.domain.registry import offline_too_long
+
+    await add(yard, "s1", health=True)
+    await yard.store.update_server("s1", {"status": ServerStatus.OFFLINE, "offline_since": 1})
+    await yard.set_maintenance("s1", enabled=True, reason=None)
+    read_in_maintenance = await yard.get_server("s1")
+    back = await yard.set_maintenance("s1", enabled=False, reason=None)
+
+    async def fails(url: str, *, timeout_s: float, api_key: str | None = None) -> HealthReply:
+        return HealthReply(healthy=False, network_error=False, detail="HTTP 503")
+
+    monkeypatch.setattr(backend, "health", fails)
+    await yard.health.check("s1", read_in_maintenance)
+    server = await yard.get_server("s1")
+    assert (server.maintenance, server.consecutive_failures) == (False, 1)  # judged again
+    assert server.offline_since == back.offline_since != 1
+    assert not offline_too_long(server, now=now_ms(), limit_ms=60_000)
+
+
 def test_servers_in_maintenance_or_not_auto_removable_are_never_removed() -> None:
     from taskyard.domain.registry import offline_too_long
 

@@ -258,8 +258,9 @@ class HealthMonitor(Wakeable):
                 return
             if fresh.revision != server.revision:
                 return  # replaced meanwhile: the new registration has its own schedule
-            # Ejected (or let back) by its dispatch results since it was read: judge the same
-            # reply again on what the server is now, so that the ejection's error stays.
+            # Ejected (or let back) by its dispatch results, or put in or out of maintenance,
+            # since it was read: judge the same reply again on what the server is now, so that
+            # the ejection's error stays and an old `offline_since` does not come back.
             server = fresh
             values = next_state(server, reply, now=now, policy=self.policy)
             values["checked_by"] = self.membership.node_id
@@ -276,13 +277,14 @@ class HealthMonitor(Wakeable):
 
     async def _record(self, server: Server, values: dict[str, Any]) -> bool:
         """Write a check's outcome only onto the registration that was checked (one replaced
-        or deleted meanwhile wins) and only if its ejection is still as read: what
-        `next_state` wrote depends on it."""
+        or deleted meanwhile wins) and only if its ejection and maintenance are still as read:
+        what `next_state` wrote depends on them (leaving maintenance restarts `offline_since`,
+        which a check read before would write back, and the removal sweep would act on it)."""
         return await self.store.update_server(
             server.id,
             values,
             revision=server.revision,
-            expect={"ejected": server.ejected},
+            expect={"ejected": server.ejected, "maintenance": server.maintenance},
             lazy=True,  # shares a commit with the other checks of the same 0.1 s
         )
 
