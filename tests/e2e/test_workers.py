@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -193,7 +194,11 @@ def test_one_sigterm_stops_every_worker_and_exits_0(
     waiting = [node.submit({"model": "nobody", "n": i}) for i in range(5)]
     assert node.popen is not None
     node.popen.send_signal(signal.SIGTERM)
-    assert node.popen.wait(timeout=30) == 0, node.log_tail()
+    try:
+        code = node.popen.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running 30 s after SIGTERM:\n{node.log_tail()}")
+    assert code == 0, node.log_tail()
     assert not [pid for pid in pids if alive(pid)]  # the workers stopped before it
     with httpx.Client(timeout=2) as probe, pytest.raises(httpx.TransportError):
         probe.get(node.url + "/health")  # nothing answers on the port any more

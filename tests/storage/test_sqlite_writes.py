@@ -96,3 +96,36 @@ async def test_concurrent_writers_never_wait_on_each_other(
     count = await runner.read(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar())
     await runner.close()
     assert count == 4 * 60
+
+
+async def test_a_transaction_cancelled_at_its_commit_still_commits_and_lets_go(
+    tmp_path: Path,
+) -> None:
+    """Cancelled while its COMMIT waits for the writer thread (a stop cancels the group
+    committer): the COMMIT runs anyway and the connection goes back. A cancelled
+    `run_in_executor` dropped the job before it started, leaking the connection with the write
+    lock held; the next transaction then blocked the event loop in the pool for 30 s (the CI
+    hang of test_one_sigterm_stops_every_worker_and_exits_0)."""
+    runner = _runner(tmp_path, "full")
+    writer_free = threading.Event()
+    try:
+        busy = asyncio.get_running_loop().run_in_executor(runner._writer, writer_free.wait)
+        write = asyncio.ensure_future(runner.transaction([_insert(0, 0)]))
+        for _ in range(100):  # until its statements ran and it waits for the writer thread
+            await asyncio.sleep(0.01)
+            if runner.inline_engine.pool.checkedout():  # type: ignore[attr-defined]
+                break
+        assert runner.inline_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        write.cancel()
+        await asyncio.sleep(0)
+        writer_free.set()
+        await busy
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert runner.inline_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        await asyncio.wait_for(runner.transaction([_insert(0, 1)]), HANG_S)
+        count = await runner.read(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar())
+        assert count == 2
+    finally:
+        writer_free.set()
+        await runner.close()

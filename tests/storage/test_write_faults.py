@@ -155,3 +155,22 @@ async def test_past_its_bound_the_write_queue_sheds_creates_at_once() -> None:
     gate.set()
     assert await asyncio.gather(first, *queued, unshed) == [0, 0, 1, 2, "state change"]
     await writes.close()
+
+
+async def test_closing_mid_transaction_fails_its_writes_and_those_queued() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def stuck(ops: list[Any]) -> list[Any]:
+        started.set()
+        await gate.wait()
+        return [op(None) for op in ops]
+
+    writes = GroupCommitter(stuck, max_batch=1)
+    running = asyncio.ensure_future(writes.run(returns(1)))
+    await started.wait()
+    queued = asyncio.ensure_future(writes.run(returns(2)))
+    await asyncio.sleep(0)
+    await writes.close()
+    for write in (running, queued):  # answered, not left waiting for ever
+        with pytest.raises(RuntimeError, match="storage closed"):
+            await asyncio.wait_for(write, 5)

@@ -122,6 +122,9 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Write]) -> None:
         try:
             results = await self._transaction([write.op for write in batch])
+        except asyncio.CancelledError:  # closed mid-batch: its writers must not wait forever
+            _fail(batch, RuntimeError("storage closed while the write ran"))
+            raise
         except CommitOutcomeUnknown as exc:
             await self._after_unknown_commit(batch, exc)
         except errors.StorageUnavailable as exc:

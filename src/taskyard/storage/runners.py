@@ -251,8 +251,18 @@ class SqliteRunner:
             raise
         if self.synchronous == "normal":
             _commit_and_close(conn)
-        else:  # from here the writer thread owns the connection, even if this is cancelled
-            await loop.run_in_executor(self._writer, _commit_and_close, conn)
+        else:
+            # From here the writer thread owns the connection, even if this is cancelled (a
+            # stop cancels the group committer). Shielded: cancelling `run_in_executor`'s
+            # future drops a job that has not started, which leaked the connection with the
+            # write lock held, and the next transaction blocked the loop in the pool. The
+            # next one also waits for this COMMIT, as `_one_at_a_time` promises.
+            commit = loop.run_in_executor(self._writer, _commit_and_close, conn)
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await asyncio.wait([commit])
+                raise
         return results
 
     def _begin_inline(self) -> Connection | None:
