@@ -10,7 +10,8 @@ concurrency, in turn:
   and long-poll `?wait=`;
 - `taskyard pg xN`: the same on a fresh PostgreSQL database;
 - `direct c1`, `taskyard c1`: the same with one client; the latency taskyard adds is the
-  difference of the two;
+  difference of the two. The client waits for each result with a create and a long poll
+  (`POST`, then `GET ?wait=`), or in the create itself (`POST ?wait=`: the `1 call` rows);
 - the submit rates of `benchmarks/submit.py`, the health monitor at 1,000 servers checked
   every 10 s (`benchmarks/health_scale.py`) and the dispatch rate with 50,000 vs 1,000 tasks
   waiting on each database (`benchmarks/backlog.py`, one round).
@@ -61,6 +62,8 @@ BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 SQLITE_MODES = ("full", "normal")  # TASKYARD_SQLITE_SYNCHRONOUS of the one-client rows
 CELERY_REDIS = os.environ.get("CELERY_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 PARTS = "e2e,pg,latency,submit,health,backlog"
+# How a one-client row waits for each result: a create then a long poll, or the create waiting.
+LATENCY_STYLES = {"POST + GET ?wait": False, "POST ?wait": True}
 MEMORY_GROWTH_MAX = 1.10  # node memory after the measured load / after the warm-up
 HEALTH = health_scale.Options(
     servers=[1000], backends=4, interval_s=10.0, window_s=30.0, list_calls=5, keep=False
@@ -187,6 +190,7 @@ async def taskyard_row(
     index: int,
     synchronous: str = "full",
     database: str = "sqlite",
+    submit_waits: bool = False,
 ) -> run.Row:
     opts = run_options(args, tasks=tasks, clients=clients)
     setup = run.Setup(database, nodes=1, workers=workers, sqlite_synchronous=synchronous)
@@ -195,7 +199,9 @@ async def taskyard_row(
         aiohttp.ClientSession(connector=connector) as session,
         run.database_for(setup, index, opts, workdir) as database_url,
     ):
-        poller = Poller(session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s)
+        poller = Poller(
+            session, opts.poll_ms / 1000, opts.task_timeout_s, opts.wait_s, submit_waits
+        )
         row = await run.taskyard_row(
             session,
             poller,
@@ -265,12 +271,15 @@ async def bench(children: Children, workdir: Path, args: argparse.Namespace) -> 
         direct_c1 = await direct_row(
             backends, tasks=args.latency_tasks, clients=1, name=f"direct c1 ({mode})"
         )
-        taskyard_c1 = await taskyard_row(
-            children, backends, workdir, args, workers=1, tasks=args.latency_tasks,
-            clients=1, name=f"taskyard c1 ({mode})", index=n, synchronous=mode,
-        )  # fmt: skip
-        loads += [direct_c1, taskyard_c1.result]
-        latency[mode] = (direct_c1, taskyard_c1.result)
+        loads.append(direct_c1)
+        for style, submit_waits in LATENCY_STYLES.items():
+            taskyard_c1 = await taskyard_row(
+                children, backends, workdir, args, workers=1, tasks=args.latency_tasks,
+                clients=1, name=f"taskyard c1 ({mode}{', 1 call' if submit_waits else ''})",
+                index=n * 2 + submit_waits, synchronous=mode, submit_waits=submit_waits,
+            )  # fmt: skip
+            loads.append(taskyard_c1.result)
+            latency[f"SQLite {mode}, {style}"] = (direct_c1, taskyard_c1.result)
     submits = await submit_rates(children, workdir) if "submit" in parts else {}
     health = (await health_scale.bench(HEALTH, children, workdir))[0] if "health" in parts else None
     depths: list[tuple[str, float]] = []
@@ -297,10 +306,10 @@ def targets(results: Results) -> list[Target]:
         if warm:
             name = f"memory growth over the load (x{workers})"
             found.append(Target(name, end / warm, MEMORY_GROWTH_MAX, "x", higher_is_better=False))
-    for mode, (direct_c1, taskyard_c1) in results.latency.items():
+    for how, (direct_c1, taskyard_c1) in results.latency.items():
         for q, goal in ((50, 2.0), (99, 10.0)):
             added = taskyard_c1.latency_ms(q) - direct_c1.latency_ms(q)
-            name = f"added latency p{q}, SQLite {mode}"
+            name = f"added latency p{q}, {how}"
             found.append(Target(name, added, goal, "ms", higher_is_better=False))
     for name, goal in submit.TARGETS.items():
         if name in results.submits:

@@ -91,6 +91,7 @@ class Poller:
     poll_s: float
     timeout_s: float
     wait_s: float = 0.0  # > 0: taskyard clients long-poll with GET ?wait= instead of sleeping
+    submit_waits: bool = False  # with wait_s: the create itself waits (POST ?wait=), one request
 
 
 async def taskyard_request(
@@ -99,20 +100,24 @@ async def taskyard_request(
     """Submit one task, then read it until it is final (or the timeout passes).
 
     With `wait_s`, each read is a long poll (`GET /api/task/{id}?wait=…`) that returns as soon as
-    the task is final; without it, the client sleeps `poll_s` between plain reads.
+    the task is final; without it, the client sleeps `poll_s` between plain reads. With
+    `submit_waits` too, the create is the first long poll (`POST /api/task?wait=…`).
     """
     session = poller.session
     started = time.perf_counter()
     polls = 0
+    params = {"wait": str(poller.wait_s)} if poller.wait_s > 0 else None
     try:
         async with session.post(
-            f"{base}/api/task", json=task_request(index), headers=headers
+            f"{base}/api/task",
+            json=task_request(index),
+            headers=headers,
+            params=params if poller.submit_waits else None,
         ) as resp:
             if resp.status != 200:
                 return Sample(time.perf_counter() - started, f"HTTP {resp.status} on submit", 0)
             body = await resp.json()
         task_id, status = body["taskId"], body["taskDetails"]["status"]
-        params = {"wait": str(poller.wait_s)} if poller.wait_s > 0 else None
         while status not in FINAL_STATUSES and time.perf_counter() - started < poller.timeout_s:
             if params is None:
                 await asyncio.sleep(poller.poll_s)

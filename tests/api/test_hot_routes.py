@@ -9,6 +9,7 @@ declines gets a 418), so whatever it answers, it answered alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,10 +22,12 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from taskyard import auth
 from taskyard.api.app import create_app
 from taskyard.api.hot import HotRoutes
 from taskyard.config import Settings
-from tests.support import SECRET, bearer, count_rows, token
+from taskyard.domain.ports import TaskQuery
+from tests.support import SECRET, bearer, count_rows, token, wait_for
 
 DECLINED_STATUS = 418
 
@@ -221,3 +224,32 @@ async def test_valid_answers_are_the_same_both_ways(apps: Apps) -> None:
             for client, a in zip((full, routes_only), answers, strict=True)
         ]
         assert _comparable(reads[0].json()) == _comparable(reads[1].json())
+
+
+@pytest.mark.parametrize("which", ["hot_only", "routes_only"])
+async def test_a_create_with_wait_answers_once_the_task_is_final(apps: Apps, which: str) -> None:
+    """`POST /api/task?wait=`: one request instead of a create and a long poll; the same
+    answer from the fast path and from the route."""
+    app: FastAPI = getattr(apps, which)
+    coordinator = app.state.coordinator
+    root = auth.Principal(sub="root", roles=frozenset({auth.ADMIN}))
+    async with apps.client(app, ["user"]) as alice:
+        # Nothing serves `m`: the wait runs out, and the answer says why the task waits.
+        ran_out = await alice.post("/api/task?wait=0.05", json={"model": "m"})
+        assert ran_out.status_code == 200, ran_out.text
+        details = ran_out.json()["taskDetails"]
+        assert details["status"] == "WAITING" and details["waiting"]["reason"]
+        assert ran_out.json()["warnings"]  # as for any create of an unserved model
+
+        posting = asyncio.ensure_future(alice.post("/api/task?wait=30", json={"model": "m"}))
+        waits = app.state.open_waits
+        await asyncio.to_thread(wait_for, lambda: waits.open("alice") == 1, what="the wait")
+        assert not posting.done()
+        [newest, _] = await coordinator.search_tasks(TaskQuery(limit=2), principal=root)
+        await coordinator.cancel_task(newest.id, principal=root)
+        answered = await asyncio.wait_for(posting, 10)
+        assert answered.status_code == 200
+        assert answered.json()["taskId"] == newest.id
+        assert answered.json()["taskDetails"]["status"] == "CANCELLED"
+        assert waits.open("alice") == 0
+    assert apps.stored() == 2

@@ -154,6 +154,11 @@ async def test_open_long_polls_are_capped_per_user(database_url: str) -> None:
         assert_rate_limited(third, 2, window=None)
         assert "TASKYARD_MAX_OPEN_WAITS" in third.json()["error"]
         assert (await alice.get(f"/api/task/{ids[2]}")).status_code == 200  # no wait: fine
+        # A create that would wait counts too: refused before anything is stored.
+        refused = await alice.post("/api/task", params={"wait": 30}, json={"model": "m"})
+        assert_rate_limited(refused, 2, window=None)
+        assert await stored(database_url) == 3
+        assert (await create(alice)).status_code == 200  # without a wait: stored
         # An admin's long poll is not counted against anyone.
         admin_poll = asyncio.create_task(admin.get(f"/api/task/{ids[2]}", params={"wait": 30}))
         assert (await admin.post(f"/api/task/{ids[0]}/cancel")).status_code == 200

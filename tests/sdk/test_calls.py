@@ -19,6 +19,7 @@ from taskyard.client import (
     Task,
     TaskStatus,
     TaskSummary,
+    WaitTimeout,
 )
 from tests.sdk.conftest import AnyClient, collect, run
 from tests.support import MockBackend, Taskyard, wait_for
@@ -58,6 +59,22 @@ async def test_submit_get_and_wait(
     again: Task = await run(client.get(task.id))
     assert again.to_json()["status"] == "FINISHED"  # the wire names
     assert again.server_id == backend.server_id and again.finished_at is not None
+
+
+async def test_run_creates_and_waits_in_one_call(
+    make_client: MakeClient, backend: MockBackend, model: str
+) -> None:
+    """run: the create itself waits for the result (`POST /api/task?wait=`); a task that is
+    not final in time raises WaitTimeout with the task as last seen."""
+    client = make_client()
+    done: Task = await run(client.run(model, {"n": 4}, wait_s=30, priority=2))
+    assert done.status == TaskStatus.FINISHED and done.priority == 2
+    assert done.result["data"]["echo"]["n"] == 4
+    assert done.attempts[0].server_id == backend.server_id
+    with pytest.raises(WaitTimeout) as caught:
+        await run(client.run(_unserved(), wait_s=0.3))
+    assert caught.value.task.status == TaskStatus.WAITING
+    assert caught.value.task.warnings  # the create's answer: no server serves the model
 
 
 async def test_submit_many_stores_a_batch_in_order_and_each_finishes(

@@ -1,5 +1,5 @@
-"""The fast path of the three routes every task goes through: `POST /api/task` and
-`GET /api/task/{id}` (with or without `?wait=`).
+"""The fast path of the routes every task goes through: `POST /api/task` and
+`GET /api/task/{id}` (each with or without `?wait=`).
 
 FastAPI spends most of such a request's time in its own machinery: three more middleware
 layers, routing, and solving the dependency tree (body, query parameters, bearer token,
@@ -29,7 +29,7 @@ from taskyard.api import present
 from taskyard.api.deps import authenticate, require_client
 from taskyard.api.errors import domain_error_response
 from taskyard.api.responses import JsonResponse
-from taskyard.api.routes.tasks import MAX_WAIT_S
+from taskyard.api.routes.tasks import MAX_WAIT_S, create_and_answer
 from taskyard.api.schemas import (
     MAX_ATTEMPTS,
     MAX_ID_LENGTH,
@@ -40,7 +40,6 @@ from taskyard.api.schemas import (
 )
 from taskyard.domain.models import TaskOptions
 from taskyard.domain.service import Coordinator
-from taskyard.ratelimit import limited
 
 CREATE_PATH = "/api/task"
 TASK_PREFIX = CREATE_PATH + "/"
@@ -77,10 +76,9 @@ _CREATE_QUERY: dict[str, Callable[[str], Any]] = {
     "timeout_s": lambda v: _positive(v, MAX_TIMEOUT_S),
     "max_attempts": lambda v: _integer(v, 1, MAX_ATTEMPTS),
     "queue_timeout_s": lambda v: _positive(v, MAX_QUEUE_TIMEOUT_S),
-}
-_GET_QUERY: dict[str, Callable[[str], Any]] = {
     "wait": lambda v: _decimal(v, 0, MAX_WAIT_S, open_low=False),
 }
+_GET_QUERY: dict[str, Callable[[str], Any]] = {"wait": _CREATE_QUERY["wait"]}
 
 
 def _query(scope: Scope, known: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -144,14 +142,10 @@ class HotRoutes:
             principal = require_client(
                 await authenticate(state, _bearer(scope), method="POST", route=CREATE_PATH)
             )
-            task = await coordinator.create_task(
-                owner=principal.sub,
-                request=request,
-                options=TaskOptions(**query),
-                capped=limited(principal),
+            wait: float = query.pop("wait", 0.0)
+            response = await create_and_answer(
+                state, coordinator, principal, request, TaskOptions(**query), wait_s=wait
             )
-            warnings = await coordinator.create_warnings(task)
-            response = JsonResponse(present.task_out(task, warnings=warnings))
         except errors.TaskyardError as exc:
             response = domain_error_response(exc)
         await response(scope, receive, send)

@@ -67,6 +67,16 @@ class AsyncClient:
             response = await self._http.send(request)
         return calls.finish(call, response)
 
+    async def _drive(self, steps: calls.Steps) -> m.Task:
+        """Make the requests of a call of several (`calls.Steps`), each answer to its step."""
+        call = next(steps)
+        while True:
+            try:
+                call = steps.send(await self._run(call))
+            except StopIteration as done:
+                final: m.Task = done.value
+                return final
+
     # ---- tasks --------------------------------------------------------------------------
 
     async def submit(
@@ -75,6 +85,23 @@ class AsyncClient:
         """Create a task for `model` with the other `request` fields; returns it once stored
         (WAITING). `task.warnings` says e.g. that no server serves the model."""
         return await self._run(calls.submit(model, request, options))
+
+    async def run(
+        self,
+        model: str,
+        request: Mapping[str, Any] | None = None,
+        *,
+        wait_s: float | None = None,
+        **options: Unpack[SubmitOptions],
+    ) -> m.Task:
+        """Create a task and return it once it is final: `submit` and `wait` in one, where the
+        create itself waits (`POST /api/task?wait=`, one request for a quick task).
+
+        Raises:
+            WaitTimeout: not final within `wait_s` (None: waits as long as it takes); its
+                `.task` is the task as last seen.
+        """
+        return await self._drive(calls.run_steps(model, request, options, wait_s))
 
     async def submit_many(
         self, requests: Sequence[Mapping[str, Any]], **options: Unpack[SubmitOptions]
@@ -95,12 +122,7 @@ class AsyncClient:
         Raises:
             WaitTimeout: not final within `timeout_s`; its `.task` is the task as last seen.
         """
-        clock = calls.WaitClock(timeout_s)
-        while True:
-            task = await self._run(calls.get_task(task_id, wait_s=clock.next_poll()))
-            if task.is_final:
-                return task
-            clock.check(task)
+        return await self._drive(calls.wait_steps(task_id, timeout_s))
 
     async def cancel(self, task_id: str) -> m.Task:
         """Cancel a waiting or running task (`Conflict` if it is already final)."""

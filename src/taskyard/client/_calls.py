@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -203,13 +203,22 @@ def _refuse_unknown(given: Mapping[str, Any], kind: type[Any], what: str) -> Non
 # ---- tasks ------------------------------------------------------------------------------
 
 
-def submit(model: str, request: Mapping[str, Any] | None, options: SubmitOptions) -> Call[m.Task]:
+def submit(
+    model: str, request: Mapping[str, Any] | None, options: SubmitOptions, *, wait_s: float = 0
+) -> Call[m.Task]:
+    """A create; with `wait_s`, one that answers once the task is final (or the wait ends)."""
     body = {"model": model, **(request or {})}
     if body["model"] != model:
         raise ValueError(f"request names model {body['model']!r}, not {model!r}")
     _refuse_unknown(options, SubmitOptions, "submit option")
     params: Params = [(k, v) for k, v in options.items() if isinstance(v, int | float)]
-    return Call("POST", "/api/task", _task, params=params, body=body)
+    if wait_s <= 0:
+        return Call("POST", "/api/task", _task, params=params, body=body)
+    wait_s = min(wait_s, MAX_WAIT_S)
+    params.append(("wait", round(wait_s, 3)))
+    return Call(
+        "POST", "/api/task", _task, params=params, body=body, timeout_s=wait_s + WAIT_MARGIN_S
+    )
 
 
 def submit_many(
@@ -262,6 +271,33 @@ def bulk(
 ) -> Call[m.BulkResult]:
     params = [*filter_params(filters), ("limit", limit)]
     return Call("POST", f"/api/tasks/{action}", _model(m.BulkResult), params=params)
+
+
+# A call made of several requests, each chosen on the answer to the last: the clients drive it
+# (`send` each answer), the one place where `Client` and `AsyncClient` differ.
+Steps = Generator["Call[m.Task]", m.Task, m.Task]
+
+
+def wait_steps(task_id: str, timeout_s: float | None) -> Steps:
+    """Long polls of `task_id` until it is final (or `WaitTimeout` after `timeout_s`)."""
+    clock = WaitClock(timeout_s)
+    while True:
+        task = yield get_task(task_id, wait_s=clock.next_poll())
+        if task.is_final:
+            return task
+        clock.check(task)
+
+
+def run_steps(
+    model: str, request: Mapping[str, Any] | None, options: SubmitOptions, wait_s: float | None
+) -> Steps:
+    """A create that waits (`POST /api/task?wait=`), then long polls until the task is final."""
+    clock = WaitClock(wait_s)
+    task = yield submit(model, request, options, wait_s=clock.next_poll())
+    while not task.is_final:
+        clock.check(task)
+        task = yield get_task(task.id, wait_s=clock.next_poll())
+    return task
 
 
 class WaitClock:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
+from taskyard import auth
 from taskyard.api import present
 from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
 from taskyard.api.errors import documented
@@ -20,8 +22,8 @@ from taskyard.api.schemas import (
     TaskOut,
     TaskResultIn,
 )
-from taskyard.domain.models import TaskOptions, TaskStatus
-from taskyard.domain.service import Report
+from taskyard.domain.models import JSON, TaskOptions, TaskStatus
+from taskyard.domain.service import Coordinator, Report
 from taskyard.ratelimit import limited
 
 router = APIRouter(prefix="/api/task", tags=["tasks"])
@@ -37,6 +39,7 @@ _NOT_FOUND = documented(e403=_FORBIDDEN, e404="No such task (or not yours)")
 @router.post("", response_model=TaskOut, responses=_ERRORS)
 async def create_task(
     body: TaskCreate,
+    request: Request,
     coordinator: CoordinatorDep,
     principal: ClientDep,
     priority: Annotated[
@@ -49,19 +52,51 @@ async def create_task(
     queue_timeout_s: Annotated[
         float | None, Query(gt=0, le=MAX_QUEUE_TIMEOUT_S, description="fail if not started by then")
     ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="seconds to wait for the new task to become final before answering",
+        ),
+    ] = 0,
 ) -> JsonResponse:
-    """Create a task (role user or admin); returns once it is durably stored as WAITING."""
+    """Create a task (role user or admin); returns once it is durably stored as WAITING, or
+    with `wait`, once it is final (at most `wait` seconds later: one request instead of a
+    create and a long poll)."""
     options = TaskOptions(
         priority=priority,
         timeout_s=timeout_s,
         max_attempts=max_attempts,
         queue_timeout_s=queue_timeout_s,
     )
-    task = await coordinator.create_task(
-        owner=principal.sub, request=body.model_dump(), options=options, capped=limited(principal)
+    return await create_and_answer(
+        request.app.state, coordinator, principal, body.model_dump(), options, wait_s=wait
     )
-    warnings = await coordinator.create_warnings(task)
-    return JsonResponse(present.task_out(task, warnings=warnings))
+
+
+async def create_and_answer(
+    state: Any,
+    coordinator: Coordinator,
+    principal: auth.Principal,
+    body: JSON,
+    options: TaskOptions,
+    *,
+    wait_s: float,
+) -> JsonResponse:
+    """What `POST /api/task` answers (this route and its fast path, `api/hot.py`). A wait is
+    counted among the user's open long polls from before the create: over the limit, the
+    create is refused and nothing is stored."""
+    with state.open_waits.hold(principal) if wait_s > 0 else contextlib.nullcontext():
+        task = await coordinator.create_task(
+            owner=principal.sub, request=body, options=options, capped=limited(principal)
+        )
+        warnings = await coordinator.create_warnings(task)
+        if wait_s <= 0:
+            return JsonResponse(present.task_out(task, warnings=warnings))
+        task = await coordinator.wait_task(task.id, principal=principal, wait_s=wait_s)
+    waiting = await coordinator.why_waiting(task)
+    return JsonResponse(present.task_out(task, waiting=waiting, warnings=warnings))
 
 
 @router.get("/{task_id}", response_model=TaskOut, responses=_NOT_FOUND)
