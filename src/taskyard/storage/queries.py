@@ -65,6 +65,10 @@ UNFINISHED_COUNT = select(func.count()).select_from(
 
 
 OWNER_LOCK = 0x6F776E72  # "ownr": with hashtext(owner), the lock of one owner's creates
+
+# PostgreSQL: the transaction's lock on one owner's creates (`owner` bound).
+LOCK_OWNER = select(func.pg_advisory_xact_lock(OWNER_LOCK, func.hashtext(bindparam("owner"))))
+
 # The queries on WAITING or PROCESSING tasks say so with `IS_WAITING` / `IS_PROCESSING`, the
 # predicates of the partial indexes they walk (tables.py); tests/storage/test_query_plans.py
 # checks both databases' plans for each of them.

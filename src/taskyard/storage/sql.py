@@ -55,6 +55,15 @@ from taskyard.storage.tables import (
 __all__ = ["SqlStore", "async_url", "create_engine"]
 
 
+_UNFINISHED = "taskyard_unfinished"  # Connection.info: owner → unfinished tasks, this transaction
+
+
+def _begin(conn: Connection) -> None:
+    """What a write transaction starts afresh: its tallies and its owners' counts."""
+    rollups.begin(conn)
+    conn.info[_UNFINISHED] = {}
+
+
 class SqlStore:
     """The `Store` in SQL. Reads run directly; writes go through group commit."""
 
@@ -80,7 +89,7 @@ class SqlStore:
     async def _transaction(self, ops: list[Any]) -> list[Any]:
         """Run `ops` in one transaction, and with them the rollups of the tallies their
         matched updates recorded (`rollups.record`)."""
-        results = await self.runner.transaction([rollups.begin, *ops, self._write_rollups])
+        results = await self.runner.transaction([_begin, *ops, self._write_rollups])
         return results[1:-1]
 
     def _write_rollups(self, conn: Connection) -> None:
@@ -117,6 +126,8 @@ class SqlStore:
                     return unfinished  # refused: nothing written, the batch's others go on
             rows = [rowmap.task_row(task) for task in batch]
             queries.insert_tasks(tuple(rows[0])).many(conn, rows)
+            if unfinished_cap:
+                conn.info[_UNFINISHED][batch[0].owner] += len(batch)
             rollups.record(conn, [Tally(Event.CREATED, t.created_at, t.model) for t in batch])
             return None
 
@@ -136,14 +147,20 @@ class SqlStore:
         """`owner`'s WAITING + PROCESSING tasks, counted up to `cap` (no further: past it the
         answer is the same). On PostgreSQL a per-owner advisory lock first, so that creates of
         one owner on several nodes count one after the other and cannot both take the last
-        place; other owners do not wait."""
-        if self.is_postgres:
-            conn.execute(
-                select(func.pg_advisory_xact_lock(queries.OWNER_LOCK, func.hashtext(owner)))
-            )
-        return int(
-            conn.execute(queries.UNFINISHED_COUNT, {"owner": owner, "cap": cap}).scalar_one()
-        )
+        place; other owners do not wait.
+
+        Once per owner and transaction: the lock holds until the commit, so the count stays
+        right with this transaction's own inserts added (`insert_and_count`); a group commit of
+        many creates by one user paid a lock and a count each (two round trips a task on
+        PostgreSQL). A task of the owner finished later in the same transaction is still
+        counted: the cap is then kept a task early, never overrun."""
+        counts: dict[str, int] = conn.info[_UNFINISHED]
+        if owner not in counts:
+            if self.is_postgres:
+                conn.execute(queries.LOCK_OWNER, {"owner": owner})
+            found = conn.execute(queries.UNFINISHED_COUNT, {"owner": owner, "cap": cap})
+            counts[owner] = int(found.scalar_one())
+        return counts[owner]
 
     async def get_task(self, task_id: str) -> Task | None:
         if not storable_text(task_id):
