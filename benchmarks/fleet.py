@@ -51,6 +51,15 @@ def free_port() -> int:
         return port
 
 
+# The limits a user's requests pass, set where the load never reaches them: checked on every
+# request as they would be in production, never the bottleneck being measured.
+LIMITS_ENV = {
+    "TASKYARD_RATE_LIMIT_CREATES": "10000000/second",
+    "TASKYARD_RATE_LIMIT_REQUESTS": "10000000/second",
+    "TASKYARD_MAX_UNFINISHED_TASKS": "10000000",
+}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without TASKYARD_* variables, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
@@ -185,6 +194,7 @@ def start_coordinator(
     """
     port = port or free_port()
     full_env = clean_env(
+        **LIMITS_ENV,
         TASKYARD_JWT_SECRET=SECRET,
         TASKYARD_DATABASE_URL=database_url,
         TASKYARD_PORT=str(port),
@@ -271,7 +281,17 @@ def local_postgres_cpu() -> float:
 
 
 def admin_headers(ttl_s: float = 24 * 3600) -> dict[str, str]:
-    payload = {"sub": "bench", "roles": ["admin"], "exp": int(time.time() + ttl_s)}
+    return _bearer("bench-admin", "admin", ttl_s)
+
+
+def user_headers(ttl_s: float = 24 * 3600) -> dict[str, str]:
+    """A client's token (role `user`): its requests go through the rate limits and the
+    unfinished cap, as a user's do (`LIMITS_ENV` sets them out of the load's way)."""
+    return _bearer("bench", "user", ttl_s)
+
+
+def _bearer(sub: str, role: str, ttl_s: float) -> dict[str, str]:
+    payload = {"sub": sub, "roles": [role], "exp": int(time.time() + ttl_s)}
     return {"Authorization": "Bearer " + jwt.encode(payload, SECRET, algorithm="HS256")}
 
 

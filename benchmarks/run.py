@@ -68,6 +68,7 @@ from benchmarks.fleet import (
     run_in_workdir,
     start_coordinator,
     start_mock_backend,
+    user_headers,
     wait_ready,
 )
 from benchmarks.load import (
@@ -316,8 +317,10 @@ async def taskyard_row(
             is_async=opts.is_async,
         )
 
+        user = user_headers()
+
         async def through_taskyard(i: int) -> Sample:
-            return await taskyard_request(poller, nodes[i % len(nodes)].url, headers, i)
+            return await taskyard_request(poller, nodes[i % len(nodes)].url, user, i)
 
         row = await measure(setup.name, opts, backends, through_taskyard, nodes)
     finally:

@@ -31,7 +31,7 @@ import aiohttp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.fleet import Children, admin_headers, run_in_workdir, start_coordinator, wait_ready
+from benchmarks.fleet import Children, run_in_workdir, start_coordinator, user_headers, wait_ready
 from benchmarks.load import percentile
 
 TARGETS = {"single": 3_000.0, "batch": 20_000.0}
@@ -48,7 +48,7 @@ async def post_all(
     session: aiohttp.ClientSession, url: str, bodies: list[Any], clients: int
 ) -> tuple[float, list[float]]:
     """Send `bodies` over `clients` concurrent clients; (elapsed s, latency per call ms)."""
-    headers = admin_headers()
+    headers = user_headers()
     queue = list(reversed(bodies))
     latencies: list[float] = []
 
