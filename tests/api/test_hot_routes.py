@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -253,3 +254,36 @@ async def test_a_create_with_wait_answers_once_the_task_is_final(apps: Apps, whi
         assert answered.json()["taskDetails"]["status"] == "CANCELLED"
         assert waits.open("alice") == 0
     assert apps.stored() == 2
+
+
+async def test_the_fast_path_answers_valid_batches_alone_and_leaves_bad_ones(apps: Apps) -> None:
+    body = {"tasks": [{"request": {"model": "m", "n": i}, "priority": i} for i in range(3)]}
+    async with (
+        apps.client(apps.hot_only, ["user"]) as hot_only,
+        apps.client(apps.full, ["user"]) as full,
+        apps.client(apps.routes_only, ["user"]) as routes_only,
+        apps.client(apps.hot_only, ["service"]) as service,
+    ):
+        answered = await hot_only.post("/api/tasks/batch", json=body)
+        assert answered.status_code == 200, answered.text
+        assert [t["status"] for t in answered.json()["tasks"]] == ["WAITING"] * 3
+        assert answered.json()["count"] == 3 and apps.stored() == 3
+        assert (await service.post("/api/tasks/batch", json=body)).status_code == 403
+        # A bad item (and a body that is not JSON): the route's 400, naming it; nothing stored.
+        bad = {"tasks": [{"request": {"model": "m"}}, {"request": {"model": ""}}]}
+        huge = b'{"tasks": [{"request": {"model": "m", "x": 100000000000000000000000000}}]}'
+        deep = b'{"tasks": [{"request": {"model": "m", "x": %s1%s}}]}' % (b"[" * 70, b"]" * 70)
+        for content in (orjson.dumps(bad), b"{not json", huge, deep):
+            headers = {"content-type": "application/json"}
+            declined = await hot_only.post("/api/tasks/batch", content=content, headers=headers)
+            assert declined.status_code == DECLINED_STATUS
+            refused = [
+                await client.post("/api/tasks/batch", content=content, headers=headers)
+                for client in (full, routes_only)
+            ]
+            assert [r.status_code for r in refused] == [400, 400]
+            assert refused[0].json() == refused[1].json()
+        assert apps.stored() == 3
+        both = [await client.post("/api/tasks/batch", json=body) for client in (full, routes_only)]
+        shapes = [[(t["status"], t["warnings"]) for t in a.json()["tasks"]] for a in both]
+        assert shapes[0] == shapes[1] and apps.stored() == 9

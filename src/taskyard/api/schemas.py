@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -79,6 +80,11 @@ MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a request body
 MAX_NUMBER = 1e15  # bound of the numeric fields of a report
 
 
+# Validation context: the body was parsed by orjson and passed `depth_over` and
+# `unstorable_number` whole, so each `JsonIn` in it need not walk its part again.
+STORABLE_CHECKED: dict[str, bool] = {"storable_checked": True}
+
+
 class JsonIn(BaseModel):
     """A request body that is stored as JSON: refuse what the store cannot write, as a 400.
 
@@ -89,7 +95,9 @@ class JsonIn(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable(cls, data: Any) -> Any:
+    def _storable(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context == STORABLE_CHECKED:
+            return data  # the caller checked the whole body at once (`api/hot.py`, batches)
         if depth_over(data, MAX_JSON_DEPTH):
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         problem = unstorable_number(data)

@@ -8,13 +8,17 @@ one of them — and the answer lists them in the request's order.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
+from taskyard import auth
 from taskyard.api.deps import ClientDep, CoordinatorDep
 from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import TaskBatchIn, TaskBatchOut
 from taskyard.domain.models import TaskOptions
+from taskyard.domain.service import Coordinator
 from taskyard.ratelimit import RateLimiter, limited
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -30,7 +34,14 @@ async def create_tasks(
 ) -> JsonResponse:
     """Create many tasks (role user or admin) in one transaction; returns once all are
     durably stored as WAITING. All of them are stored, or none."""
-    limiter: RateLimiter = request.app.state.rate_limiter
+    return await create_batch_and_answer(request.app.state, coordinator, principal, body)
+
+
+async def create_batch_and_answer(
+    state: Any, coordinator: Coordinator, principal: auth.Principal, body: TaskBatchIn
+) -> JsonResponse:
+    """What `POST /api/tasks/batch` answers (this route and its fast path, `api/hot.py`)."""
+    limiter: RateLimiter = state.rate_limiter
     await limiter.check_creates(principal, len(body.tasks))
     items = [
         (
