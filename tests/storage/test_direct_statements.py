@@ -90,3 +90,35 @@ async def test_a_killed_postgresql_connection_is_dropped_from_the_pool(url: str)
     finally:
         await store.close()
         await admin.close()
+
+
+async def test_a_killed_connection_of_the_hot_reads_is_replaced(url: str) -> None:
+    """`AsyncRunner.fetch` (asyncpg's own pool): a connection killed under it fails one read
+    as unavailable (a 503, never a 500), and the next read gets a new connection."""
+    if not url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections only")
+    await upgrade(url)
+    store, admin = SqlStore.open(url), SqlStore.open(url)
+    try:
+        await store.add_task(make_task(id="t1"))
+        assert (await store.get_task("t1")) is not None
+        killed = await admin.runner.read(
+            lambda conn: conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND query LIKE 'SELECT tasks.id%'"
+                )
+            ).scalar_one()
+        )
+        assert killed == 1  # the hot reads' one connection (its last query was the read)
+        outcomes = []
+        for _ in range(2):
+            try:
+                outcomes.append((await store.get_task("t1")) is not None)
+            except errors.StorageUnavailable:
+                outcomes.append(False)
+        assert outcomes[-1] is True  # at most one read lost, then a fresh connection
+    finally:
+        await store.close()
+        await admin.close()

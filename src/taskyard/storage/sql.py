@@ -166,11 +166,8 @@ class SqlStore:
         if not storable_text(task_id):
             return None  # no stored id has a NUL in it; PostgreSQL would refuse the query
 
-        def op(conn: Connection) -> Task | None:
-            row = queries.GET_TASK.first(conn, {"task_id": task_id})
-            return rowmap.task_from_columns(row) if row else None
-
-        return await self.runner.read(op)
+        rows = await self.runner.fetch(queries.GET_TASK, {"task_id": task_id})
+        return rowmap.task_from_columns(rows[0]) if rows else None
 
     async def claim_tasks(self, *, now: int, plan: ClaimPlan) -> list[bool]:
         """Run `plan` on fresh data under the cluster-wide dispatch lock; apply its updates.
@@ -211,9 +208,7 @@ class SqlStore:
 
     async def has_due_tasks(self, *, now: int) -> bool:
         """Whether any WAITING task is due: the dispatcher's cheap first question."""
-        return await self.runner.read(
-            lambda conn: queries.ANY_DUE_DIRECT.first(conn, {"now": now}) is not None
-        )
+        return bool(await self.runner.fetch(queries.ANY_DUE_DIRECT, {"now": now}))
 
     async def next_due_at(self) -> int | None:
         """When the earliest WAITING task becomes due (retry backoff), if any."""
@@ -445,10 +440,8 @@ class SqlStore:
 
     async def _servers(self, server_id: str | None) -> list[Server]:
         query = queries.LIST_SERVERS_DIRECT if server_id is None else queries.GET_SERVER_DIRECT
-        params = {"server_id": server_id}
-        return await self.runner.read(
-            lambda conn: [rowmap.server_from_columns(row) for row in query.rows(conn, params)]
-        )
+        rows = await self.runner.fetch(query, {"server_id": server_id})
+        return [rowmap.server_from_columns(row) for row in rows]
 
     # ---- nodes -------------------------------------------------------------------------
 
