@@ -287,3 +287,27 @@ async def test_the_fast_path_answers_valid_batches_alone_and_leaves_bad_ones(app
         both = [await client.post("/api/tasks/batch", json=body) for client in (full, routes_only)]
         shapes = [[(t["status"], t["warnings"]) for t in a.json()["tasks"]] for a in both]
         assert shapes[0] == shapes[1] and apps.stored() == 9
+
+
+async def test_integers_beyond_64_bits_go_to_the_routes_even_where_orjson_rounds_them(
+    apps: Apps,
+) -> None:
+    """orjson reads -2**63 - 1 as the float -2**63, within range: the fast path must not judge
+    such a body (schemathesis found the batch accepting it); the route refuses it."""
+    low = b"-9223372036854775809"
+    single = b'{"model": "m", "x": %s}' % low
+    batch = b'{"tasks": [{"request": {"model": "m", "x": %s}}]}' % low
+    headers = {"content-type": "application/json"}
+    async with (
+        apps.client(apps.hot_only, ["user"]) as hot_only,
+        apps.client(apps.full, ["user"]) as full,
+    ):
+        for url, content in (("/api/task", single), ("/api/tasks/batch", batch)):
+            declined = await hot_only.post(url, content=content, headers=headers)
+            assert declined.status_code == DECLINED_STATUS, url
+            refused = await full.post(url, content=content, headers=headers)
+            assert refused.status_code == 400 and "64-bit" in refused.text, refused.text
+        # A long digit string is declined too, and the route then stores it as usual.
+        digits = b'{"model": "m", "id": "12345678901234567890"}'
+        assert (await full.post("/api/task", content=digits, headers=headers)).status_code == 200
+    assert apps.stored() == 1
