@@ -22,6 +22,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection ended by the server, met mid-protocol
     OSError,  # includes ConnectionError: refused, reset
     asyncio.TimeoutError,
 )

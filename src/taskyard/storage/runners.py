@@ -326,7 +326,14 @@ class AsyncRunner:
         compiled = statement.compiled(self.dialect)
         pool = self._fetch_pool or await self._open_fetch_pool()
         async with pool.acquire() as conn:
-            records = await conn.fetch(compiled.sql, *compiled.params(params))
+            try:
+                records = await conn.fetch(compiled.sql, *compiled.params(params))
+            except Exception:
+                # Out of the pool, whatever it was: a connection the server ended can fail
+                # its next use with a protocol-state error (InternalClientError) rather than
+                # a closed one, and would be handed out again, failing each time.
+                conn.terminate()
+                raise
         return [dict(record) for record in records]
 
     async def _open_fetch_pool(self) -> asyncpg.Pool:
