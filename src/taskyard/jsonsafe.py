@@ -52,7 +52,7 @@ def unstorable_number(value: Any) -> str | None:
             stack.extend((child, _join(path, str(key))) for key, child in item.items())
         elif isinstance(item, list):
             stack.extend((child, _join(path, str(i))) for i, child in enumerate(item))
-        elif isinstance(item, float) and not math.isfinite(item):
+        elif _not_finite(item):
             return (
                 f"{path or 'value'}: {item!r} is not a JSON number"
                 " (NaN, Infinity and numbers beyond ±1.8e308 are refused)"
@@ -72,12 +72,13 @@ def _any_unstorable_number(value: Any) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, float):
-            if not math.isfinite(item) or (item.is_integer() and not INT_MIN <= item <= INT_MAX):
-                return True
-        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+        elif _not_finite(item) or _whole_beyond_64_bits(item):
             return True
     return False
+
+
+def _not_finite(item: Any) -> bool:
+    return isinstance(item, float) and not math.isfinite(item)
 
 
 def _whole_beyond_64_bits(item: Any) -> bool:
