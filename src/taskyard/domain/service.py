@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from taskyard import auth, errors
-from taskyard.domain import lifecycle, registry, waiting
+from taskyard.domain import lifecycle, registry, reports, waiting
 from taskyard.domain.chores import Chores
 from taskyard.domain.cluster import Membership
 from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
@@ -43,9 +43,9 @@ from taskyard.domain.ports import (
     Observer,
     Store,
     TaskQuery,
-    TaskUpdate,
     TokenIssuer,
 )
+from taskyard.domain.reports import Report
 from taskyard.domain.stats import Stats
 from taskyard.domain.tallies import Event, Tally
 
@@ -57,17 +57,6 @@ WAIT_FALLBACK_LISTENING_S = 5.0  # ...or this often while other nodes' notices a
 # lost connection, retried a second later), three mean the node is not doing its work.
 LOOP_FAILURES_NOT_READY = 3
 SERVED_MODELS_TTL_S = 1.0  # a create's "no server serves this model" check reuses a list
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A backend's (or an admin's) report on a task: the seed's TaskResult."""
-
-    status: TaskStatus
-    body: JSON
-    server_id: str | None = None
-    progress: float | None = None
-    message: str | None = None
 
 
 class BulkAction(StrEnum):
@@ -313,7 +302,7 @@ class Coordinator:
     async def get_task(self, task_id: str, *, principal: auth.Principal) -> Task:
         """A task as its owner or an admin (or its backend) may see it; others get 404."""
         task = await self.store.get_task(task_id)
-        if task is None or not _may_read(principal, task):
+        if task is None or not reports.may_read(principal, task):
             raise errors.TaskNotFound(task_id)
         return task
 
@@ -407,7 +396,7 @@ class Coordinator:
         task = await self.store.get_task(task_id)
         if task is None:
             raise errors.TaskNotFound(task_id)
-        expect_server, expect_attempt = _reporter_claim(
+        expect_server, expect_attempt = reports.reporter_claim(
             principal, task_id, report, allow_unbound=self.config.allow_unbound_service_tokens
         )
         if report.status.is_final and expect_server is not None:
@@ -429,7 +418,7 @@ class Coordinator:
                 raise errors.StaleReport(
                     f"Attempt {expect_attempt} of task {task_id} was superseded; report ignored"
                 )
-        update, updated = _apply_report(task, report, now=now_ms())
+        update, updated = reports.apply_report(task, report, now=now_ms())
         if not (await self.dispatcher.apply([update], wake=updated.status.is_final))[0]:
             raise errors.StaleReport(f"Task {task_id} changed meanwhile; report ignored")
         return updated
@@ -588,60 +577,6 @@ class Coordinator:
     def offline_too_long(self) -> str:
         """Why a long-offline server is removed, as the log and its tasks' errors say it."""
         return f"offline for over {self.config.health.offline_removal_s:g} s"
-
-
-def _may_read(principal: auth.Principal, task: Task) -> bool:
-    if principal.is_admin or task.owner == principal.sub:
-        return True
-    # A backend may read the task it is running.
-    return (
-        principal.is_service
-        and principal.server_id is not None
-        and (principal.server_id == task.server_id)
-    )
-
-
-def _reporter_claim(
-    principal: auth.Principal, task_id: str, report: Report, *, allow_unbound: bool
-) -> tuple[str | None, int | None]:
-    """Which server (and attempt) this caller speaks for; raise if it may not report at all."""
-    if principal.is_admin:
-        return None, None
-    if not principal.is_service:
-        raise errors.Forbidden("Only an admin or the task's backend may report on a task")
-    if principal.task_id is not None:  # a callback token: bound to one attempt
-        if principal.task_id != task_id:
-            raise errors.Forbidden("This callback token belongs to another task")
-        return principal.server_id, principal.attempt
-    if principal.server_id is not None:  # a server token from registration
-        return principal.server_id, None
-    # A seed-style service token: the body names the server.
-    if not allow_unbound:
-        raise errors.Forbidden(
-            "Service tokens bound to no server are refused; use the token from registration"
-            " or the callback token (TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS=true allows them)"
-        )
-    if not report.server_id:
-        raise errors.Forbidden("A service token without a server needs metadata.server_id")
-    return report.server_id, None
-
-
-def _apply_report(task: Task, report: Report, *, now: int) -> tuple[TaskUpdate, Task]:
-    if report.status is TaskStatus.FINISHED:
-        update, updated = lifecycle.finish(task, result=report.body, now=now)
-    elif report.status is TaskStatus.FAILED:
-        error = (report.message or "backend reported FAILED")[:500]
-        update, updated = lifecycle.fail(
-            task, error=error, code=ErrorCode.BACKEND_FAILED, now=now, result=report.body
-        )
-    else:
-        update, updated = lifecycle.acknowledge(task, progress=report.progress, now=now)
-    if task.status is TaskStatus.WAITING:
-        # Only an admin gets here: it may settle a task that is not running.
-        update = dataclasses.replace(
-            update, expect_status=(TaskStatus.WAITING,), expect_server=None
-        )
-    return update, updated
 
 
 __all__ = ["BulkAction", "Coordinator", "CoordinatorConfig", "Report"]
