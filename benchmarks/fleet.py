@@ -202,9 +202,10 @@ def start_coordinator(
         **({"TASKYARD_NODE_ID": node_id} if node_id else {}),
         **(env or {}),
     )
-    args = taskyard_cmd(
-        "serve", "--log-level", "warning", "--workers", str(workers), profile=profile
-    )
+    # The worker count as a setting, not `--workers`: older trees (`observe.py --before`)
+    # refuse an unknown option but ignore an unknown variable.
+    full_env["TASKYARD_WORKERS"] = str(workers)
+    args = taskyard_cmd("serve", "--log-level", "warning", profile=profile)
     return children.spawn(name, args, port=port, env=full_env)
 
 
