@@ -45,12 +45,11 @@ def loaded_by_the_domain() -> tuple[list[str], list[str]]:
 
 
 def allowed(module: str) -> bool:
-    top = module.partition(".")[0]
-    if top in sys.stdlib_module_names:
+    """The standard library, the domain, the package itself (its `__init__`) and the leaves."""
+    if module.partition(".")[0] in sys.stdlib_module_names:
         return True
-    if module in ("taskyard", *ALLOWED_LEAVES) or module.startswith("taskyard.domain"):
-        return True
-    return False
+    in_domain = module == "taskyard.domain" or module.startswith("taskyard.domain.")
+    return in_domain or module in ("taskyard", *ALLOWED_LEAVES)
 
 
 def test_importing_the_domain_loads_no_framework_driver_or_adapter() -> None:
