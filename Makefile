@@ -31,9 +31,11 @@ install: .venv/.synced
 serve: bytecode
 	$(VENV)/taskyard serve
 
+# lint-imports: the layers and the self-contained domain ([tool.importlinter] in pyproject.toml)
 lint: .venv/.synced
 	$(VENV)/ruff check src tests benchmarks
 	$(VENV)/ruff format --check src tests benchmarks
+	$(VENV)/lint-imports
 
 typecheck: .venv/.synced
 	$(VENV)/mypy

@@ -65,7 +65,8 @@ from benchmarks.fleet import (
     wait_ready,
 )
 from benchmarks.load import task_request
-from taskyard.domain.models import Task, TaskStatus, now_ms
+from taskyard.clock import now_ms
+from taskyard.domain.models import Task, TaskStatus
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from taskyard.storage.tables import tasks

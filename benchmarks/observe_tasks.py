@@ -190,7 +190,7 @@ async def fill(urls: Sequence[str], count: int, *, batch: int, seed: int) -> dic
     """Make `count` tasks with their tallies once; for each empty database in `urls`: migrate
     it, store them, settle it. Describe what was stored and how durable a commit is."""
     from taskyard.api.routes.search import encode_cursor
-    from taskyard.domain.models import now_ms
+    from taskyard.clock import now_ms
 
     started = time.perf_counter()
     made = make_tasks(count, now=now_ms(), seed=seed)

@@ -21,6 +21,7 @@ import jwt
 
 from taskyard import errors
 from taskyard.config import Settings
+from taskyard.domain.principal import Principal as Principal  # re-exported: callers use it
 from taskyard.jsonsafe import storable_text
 from taskyard.keys import JwksSource, KeyRing, SigningKey, parse_secrets, signing_kid
 from taskyard.roles import ADMIN as ADMIN  # re-exported: auth.ADMIN is what callers use
@@ -44,29 +45,6 @@ class TokenPolicy:
 
 class UnknownKey(errors.Unauthorized):
     """The token names a `kid` no configured key has (a JWKS refetch may find it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, as proven by a token."""
-
-    sub: str
-    roles: frozenset[str]
-    server_id: str | None = None  # `srv`: a service token bound to one backend server
-    task_id: str | None = None  # `tid` + `att`: a callback token for one attempt
-    attempt: int | None = None
-    registration: str | None = None  # `reg`: the server registration a token was issued for
-
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN in self.roles
-
-    @property
-    def is_service(self) -> bool:
-        return SERVICE in self.roles
-
-    def has_any(self, *roles: str) -> bool:
-        return not self.roles.isdisjoint(roles)
 
 
 def mint(

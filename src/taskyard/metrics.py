@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taskyard.domain.models import ServerState, TaskStatus, now_ms
+from taskyard.clock import now_ms
+from taskyard.domain.models import ServerState, TaskStatus
 from taskyard.domain.ports import Store
 from taskyard.domain.tallies import OK, Event, Tally
 

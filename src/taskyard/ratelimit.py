@@ -21,7 +21,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage
@@ -29,10 +28,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from taskyard import errors
+from taskyard.domain.principal import Principal
 from taskyard.roles import ADMIN, SERVICE
-
-if TYPE_CHECKING:  # auth reads the settings, which check rates with `parse_rates` below
-    from taskyard.auth import Principal
 
 CREATE_ROUTES = frozenset({("POST", "/api/task")})  # the routes that count as creates
 BATCH_ROUTES = frozenset({("POST", "/api/tasks/batch")})  # ...as many creates as they hold

@@ -246,8 +246,8 @@ async def test_a_create_with_wait_answers_once_the_task_is_final(apps: Apps, whi
         waits = app.state.open_waits
         await asyncio.to_thread(wait_for, lambda: waits.open("alice") == 1, what="the wait")
         assert not posting.done()
-        [newest, _] = await coordinator.search_tasks(TaskQuery(limit=2), principal=root)
-        await coordinator.cancel_task(newest.id, principal=root)
+        [newest, _] = await coordinator.reads.search_tasks(TaskQuery(limit=2), principal=root)
+        await coordinator.tasks.cancel_task(newest.id, principal=root)
         answered = await asyncio.wait_for(posting, 10)
         assert answered.status_code == 200
         assert answered.json()["taskId"] == newest.id

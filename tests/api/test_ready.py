@@ -11,7 +11,7 @@ import httpx
 
 from taskyard.api.app import create_app
 from taskyard.config import Settings
-from taskyard.domain.service import LOOP_FAILURES_NOT_READY
+from taskyard.domain.coordinator import LOOP_FAILURES_NOT_READY
 from tests.support import SECRET, bearer, token
 
 

@@ -22,11 +22,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from taskyard import auth, errors
-from taskyard.domain.dispatcher import DispatchPolicy
-from taskyard.domain.models import FINAL_STATUSES, Task, TaskOptions, TaskStatus, now_ms
+from taskyard.clock import SystemClock, now_ms
+from taskyard.config import Settings
+from taskyard.domain.coordinator import Coordinator
+from taskyard.domain.models import FINAL_STATUSES, Task, TaskOptions, TaskStatus
 from taskyard.domain.ports import PredictReply, ReplyKind
 from taskyard.domain.registry import Registration
-from taskyard.domain.service import Coordinator, CoordinatorConfig, Report
+from taskyard.domain.reports import Report
+from taskyard.domain_config import coordinator_config
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from tests.unit.fakes import ScriptedBackend
@@ -90,23 +93,22 @@ class TaskLifecycle(RuleBasedStateMachine):
                 models=("m",),
                 cancel_url=f"http://{server_id}.test/cancel",
             )
-            self.run(self.yard.register_server(reg))
+            self.run(self.yard.fleet.register_server(reg))
         self.seen: dict[str, Seen] = {}
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
     def open(self) -> Coordinator:
-        policy = DispatchPolicy(
-            node_id="n1", callback_base_url=BASE_URL, retry_base_s=0.0, retry_max_s=0.0
+        settings = Settings(
+            public_url=BASE_URL, retry_base_s=0.0, retry_max_s=0.0, task_timeout_s=TIMEOUT_S
         )
         return Coordinator(
             store=SqlStore.open(self.url, node_id="n1"),
             client=self.backend,
             tokens=auth.JwtIssuer(SECRET),
-            config=CoordinatorConfig(
-                callback_base_url=BASE_URL, dispatch=policy, task_timeout_s=TIMEOUT_S
-            ),
+            config=coordinator_config(settings, "n1"),
+            clock=SystemClock(),
         )
 
     def teardown(self) -> None:
@@ -115,7 +117,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.workdir.cleanup()
 
     def read(self, task_id: str) -> Task:
-        task: Task = self.run(self.yard.get_task(task_id, principal=ADMIN))
+        task: Task = self.run(self.yard.reads.get_task(task_id, principal=ADMIN))
         return task
 
     def tick(self, ms: int = 1) -> int:
@@ -128,7 +130,7 @@ class TaskLifecycle(RuleBasedStateMachine):
     def create(self, attempts: int) -> str:
         options = TaskOptions(max_attempts=attempts)
         task = self.run(
-            self.yard.create_task(owner="alice", request={"model": "m"}, options=options)
+            self.yard.tasks.create_task(owner="alice", request={"model": "m"}, options=options)
         )
         self.seen[task.id] = Seen(task.status, task.attempt, None)
         return str(task.id)
@@ -149,7 +151,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         status = TaskStatus.FINISHED if finished else TaskStatus.FAILED
         report = Report(status=status, body={"output": f"callback {task.attempt}"})
         principal = service(task_id, task.server_id, task.attempt)
-        self.run(self.yard.report(task_id, report, principal=principal))
+        self.run(self.yard.tasks.report(task_id, report, principal=principal))
 
     @rule(task_id=tasks, finished=st.booleans())
     def late_callback(self, task_id: str, finished: bool) -> None:
@@ -164,7 +166,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         report = Report(status=status, body={"output": "late"})
         with pytest.raises(errors.Conflict):
             principal = service(task_id, late.server_id, late.number)
-            self.run(self.yard.report(task_id, report, principal=principal))
+            self.run(self.yard.tasks.report(task_id, report, principal=principal))
         assert self.read(task_id) == task
 
     @rule()
@@ -178,7 +180,7 @@ class TaskLifecycle(RuleBasedStateMachine):
     def cancel(self, task_id: str) -> None:
         before = self.read(task_id).status
         try:
-            self.run(self.yard.cancel_task(task_id, principal=OWNER))
+            self.run(self.yard.tasks.cancel_task(task_id, principal=OWNER))
         except errors.Conflict:
             assert before in FINAL_STATUSES
         else:
@@ -188,7 +190,7 @@ class TaskLifecycle(RuleBasedStateMachine):
     def retry(self, task_id: str) -> None:
         before = self.read(task_id).status
         try:
-            self.run(self.yard.retry_task(task_id, principal=OWNER))
+            self.run(self.yard.tasks.retry_task(task_id, principal=OWNER))
         except errors.Conflict:
             assert before not in (TaskStatus.FAILED, TaskStatus.CANCELLED)
         else:
@@ -199,7 +201,7 @@ class TaskLifecycle(RuleBasedStateMachine):
     def heartbeat(self) -> None:
         """The backend says it is alive (re-admits it if it was ejected for failing)."""
         for server_id in SERVERS:
-            self.run(self.yard.heartbeat(server_id, principal=ADMIN, load=None))
+            self.run(self.yard.fleet.heartbeat(server_id, principal=ADMIN, load=None))
 
     @rule()
     def restart(self) -> None:

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
 from taskyard import auth, errors
+from taskyard.clock import SystemClock
 from taskyard.config import Settings
-from taskyard.domain.dispatcher import DispatchPolicy
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.registry import Registration
-from taskyard.domain.service import Coordinator, CoordinatorConfig
+from taskyard.domain_config import coordinator_config
 from taskyard.keys import JwksSource, KeyConfigError, KeyRing, SigningKey, parse_secrets
 from taskyard.testing import MemoryStore
 from tests.jwks import JwksServer, b64, hmac_token, jwk, jwks_document
@@ -275,12 +276,12 @@ async def test_an_unreachable_jwks_keeps_the_shared_secret_working(tmp_path: Pat
 
 
 def memory_coordinator() -> Coordinator:
-    policy = DispatchPolicy(node_id="n1", callback_base_url="http://yard.test")
     return Coordinator(
         store=MemoryStore(),
         client=ScriptedBackend(),
         tokens=auth.JwtIssuer(LEGACY),
-        config=CoordinatorConfig(callback_base_url="http://yard.test", dispatch=policy),
+        config=coordinator_config(Settings(public_url="http://yard.test"), "n1"),
+        clock=SystemClock(),
     )
 
 
@@ -289,20 +290,20 @@ async def test_a_new_registration_or_a_delete_revokes_the_token_and_a_racing_hea
 ):
     yard = memory_coordinator()
     reg = Registration("gpu-1", "gpu-1", "test", "http://gpu-1.test/predict", None)
-    server, first = await yard.register_server(reg)
+    server, first = await yard.fleet.register_server(reg)
     holder = auth.verify(LEGACY, first)
-    await yard.check_registration(holder)  # current: accepted
+    await yard.fleet.check_registration(holder)  # current: accepted
 
-    await yard.register_server(reg)  # registered again: the first token is dead
+    await yard.fleet.register_server(reg)  # registered again: the first token is dead
     with pytest.raises(errors.Unauthorized, match="revoked"):
-        await yard.check_registration(holder)
+        await yard.fleet.check_registration(holder)
     # A heartbeat of the old holder that raced the new registration renews only its own
     # (dead) registration, never the new one.
-    current = await yard.get_server("gpu-1")
-    renewed = auth.verify(LEGACY, yard.renewed_server_token(current, holder))
+    current = await yard.fleet.get_server("gpu-1")
+    renewed = auth.verify(LEGACY, yard.fleet.renewed_server_token(current, holder))
     assert renewed.registration == server.revision != current.revision
 
-    newest = auth.verify(LEGACY, (await yard.register_server(reg))[1])
-    await yard.delete_server("gpu-1")
+    newest = auth.verify(LEGACY, (await yard.fleet.register_server(reg))[1])
+    await yard.fleet.delete_server("gpu-1")
     with pytest.raises(errors.Unauthorized, match="revoked"):
-        await yard.check_registration(newest)
+        await yard.fleet.check_registration(newest)

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskyard import auth
-from taskyard.domain.dispatcher import DispatchPolicy
-from taskyard.domain.models import Task, TaskOptions, TaskStatus, now_ms
+from taskyard.clock import SystemClock, now_ms
+from taskyard.config import Settings
+from taskyard.domain.coordinator import Coordinator
+from taskyard.domain.models import Task, TaskOptions, TaskStatus
+from taskyard.domain.policies import CoordinatorConfig
 from taskyard.domain.ports import ClaimPlan, PredictReply, ReplyKind
 from taskyard.domain.registry import Registration
-from taskyard.domain.service import Coordinator, CoordinatorConfig
+from taskyard.domain_config import coordinator_config
 from taskyard.storage.migrate import upgrade
 from taskyard.storage.sql import SqlStore
 from taskyard.testing import MemoryStore
@@ -25,8 +29,13 @@ from tests.unit.fakes import ScriptedBackend
 BASE_URL = "http://yard.test"
 ALICE = auth.Principal(sub="alice", roles=frozenset({auth.USER}))
 ACCEPTED = PredictReply(ReplyKind.ACCEPTED, status=202)
-# Passes so slow that whatever reaches the backend within a test was claimed beside a create.
-SLOW_PASSES = DispatchPolicy(node_id="n1", callback_base_url=BASE_URL, poll_s=60.0, coalesce_s=60.0)
+
+
+def slow_passes() -> CoordinatorConfig:
+    """Passes so slow that whatever reaches the backend within a test was claimed beside a
+    create."""
+    config = coordinator_config(Settings(public_url=BASE_URL, dispatch_poll_s=60.0), "n1")
+    return replace(config, dispatch=replace(config.dispatch, coalesce_s=60.0))
 
 
 class CountingStore(MemoryStore):
@@ -50,10 +59,11 @@ async def yard(backend: ScriptedBackend) -> AsyncIterator[Coordinator]:
         store=CountingStore(),
         client=backend,
         tokens=auth.JwtIssuer("alongside-secret-" + "k" * 30),
-        config=CoordinatorConfig(callback_base_url=BASE_URL, dispatch=SLOW_PASSES),
+        config=slow_passes(),
+        clock=SystemClock(),
     )
     url = "http://s1.test/predict"
-    await yard.register_server(Registration("s1", "s1", "t", url, None, max_concurrency=2))
+    await yard.fleet.register_server(Registration("s1", "s1", "t", url, None, max_concurrency=2))
     loop = asyncio.create_task(yard.dispatcher.run())
     await asyncio.sleep(0)  # the loop has started
     yield yard
@@ -63,13 +73,15 @@ async def yard(backend: ScriptedBackend) -> AsyncIterator[Coordinator]:
 
 
 async def create(yard: Coordinator) -> Task:
-    return await yard.create_task(owner="alice", request={"model": "m"}, options=TaskOptions())
+    return await yard.tasks.create_task(
+        owner="alice", request={"model": "m"}, options=TaskOptions()
+    )
 
 
 async def test_tasks_created_while_slots_are_free_run_without_a_pass(yard: Coordinator) -> None:
     for _ in range(3):
         task = await create(yard)
-        done = await yard.wait_task(task.id, principal=ALICE, wait_s=5)
+        done = await yard.reads.wait_task(task.id, principal=ALICE, wait_s=5)
         assert done.status is TaskStatus.FINISHED  # the pass would have slept a minute
 
 
@@ -110,10 +122,11 @@ async def test_on_sqlite_an_insert_and_the_claim_beside_it_share_one_commit(
         store=store,
         client=backend,
         tokens=auth.JwtIssuer("alongside-secret-" + "k" * 30),
-        config=CoordinatorConfig(callback_base_url=BASE_URL, dispatch=SLOW_PASSES),
+        config=slow_passes(),
+        clock=SystemClock(),
     )
     url_s1 = "http://s1.test/predict"
-    await yard.register_server(Registration("s1", "s1", "t", url_s1, None, max_concurrency=4))
+    await yard.fleet.register_server(Registration("s1", "s1", "t", url_s1, None, max_concurrency=4))
     backend.always[url_s1] = ACCEPTED  # the send records one more write: keep it apart
     loop = asyncio.create_task(yard.dispatcher.run())
     await asyncio.sleep(0)  # the loop has started

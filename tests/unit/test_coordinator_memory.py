@@ -11,18 +11,20 @@ import jwt
 import pytest
 
 from taskyard import auth, errors
-from taskyard.domain.dispatcher import DispatchPolicy
+from taskyard.clock import SystemClock, now_ms
+from taskyard.config import Settings
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import (
     ErrorCode,
     ServerState,
     Task,
     TaskOptions,
     TaskStatus,
-    now_ms,
 )
 from taskyard.domain.ports import PredictReply, ReplyKind
 from taskyard.domain.registry import Registration
-from taskyard.domain.service import Coordinator, CoordinatorConfig, Report
+from taskyard.domain.reports import Report
+from taskyard.domain_config import coordinator_config
 from taskyard.testing import MemoryStore
 from tests.unit.fakes import ScriptedBackend
 
@@ -46,14 +48,13 @@ def yard(backend: ScriptedBackend) -> Coordinator:
 def memory_yard(backend: ScriptedBackend) -> Coordinator:
     """A coordinator on a MemoryStore, its loops not running, talking to `backend`."""
     # No retry backoff: a retried task is due again at once, for the next pass.
-    policy = DispatchPolicy(
-        node_id="n1", callback_base_url=BASE_URL, retry_base_s=0.0, retry_max_s=0.0
-    )
+    settings = Settings(public_url=BASE_URL, retry_base_s=0.0, retry_max_s=0.0)
     return Coordinator(
         store=MemoryStore(),
         client=backend,
         tokens=auth.JwtIssuer(SECRET),
-        config=CoordinatorConfig(callback_base_url=BASE_URL, dispatch=policy),
+        config=coordinator_config(settings, "n1"),
+        clock=SystemClock(),
     )
 
 
@@ -61,13 +62,15 @@ async def register(yard: Coordinator, server_id: str, *, weight: float = 1.0) ->
     """A server without a health URL (online at once); its predict URL."""
     url = f"http://{server_id}.test/predict"
     reg = Registration(server_id, server_id, "test", url, None, max_concurrency=2, weight=weight)
-    await yard.register_server(reg)
+    await yard.fleet.register_server(reg)
     return url
 
 
 async def create(yard: Coordinator, **options: int) -> Task:
     request = {"model": "m", "input": [1, 2]}
-    return await yard.create_task(owner="alice", request=request, options=TaskOptions(**options))
+    return await yard.tasks.create_task(
+        owner="alice", request=request, options=TaskOptions(**options)
+    )
 
 
 async def one_pass(yard: Coordinator, now: int | None = None) -> None:
@@ -78,7 +81,7 @@ async def one_pass(yard: Coordinator, now: int | None = None) -> None:
 
 
 async def read(yard: Coordinator, task: Task) -> Task:
-    return await yard.get_task(task.id, principal=ALICE)
+    return await yard.reads.get_task(task.id, principal=ALICE)
 
 
 async def accepted(yard: Coordinator, backend: ScriptedBackend) -> Task:
@@ -109,7 +112,7 @@ async def test_a_task_is_sent_with_its_callback_and_finished(
 
 async def test_registration_returns_the_servers_own_token(yard: Coordinator) -> None:
     reg = Registration("s1", "s1", "test", "http://s1.test/predict", None)
-    _, token = await yard.register_server(reg)
+    _, token = await yard.fleet.register_server(reg)
     claims = jwt.decode(token, SECRET, ["HS256"])
     assert (claims["sub"], claims["roles"], claims["srv"]) == ("server:s1", ["service"], "s1")
 
@@ -144,7 +147,7 @@ async def test_a_task_fails_after_its_last_attempt(
     assert failed.error_code == ErrorCode.BACKEND_ERROR
     assert failed.error is not None and failed.error.endswith("(after 3 attempts)")
     # Three failed predicts in a row (the policy's default) also ejected the server.
-    server = await yard.get_server("s1")
+    server = await yard.fleet.get_server("s1")
     assert server.state is ServerState.EJECTED and server.ejection_reason == "failing"
     assert server.last_error is not None and "3 failed dispatches" in server.last_error
 
@@ -167,7 +170,7 @@ async def test_an_async_backend_reports_with_its_callback_token(
 ) -> None:
     task = await accepted(yard, backend)
     holder = auth.verify(SECRET, backend.sent[0][1]["callback_token"])
-    await yard.report(task.id, Report(TaskStatus.FINISHED, {"late": True}), principal=holder)
+    await yard.tasks.report(task.id, Report(TaskStatus.FINISHED, {"late": True}), principal=holder)
     done = await read(yard, task)
     assert done.status is TaskStatus.FINISHED and done.result == {"late": True}
 
@@ -177,7 +180,7 @@ async def test_a_waiting_client_gets_the_result_as_soon_as_it_is_recorded(
 ) -> None:
     await register(yard, "s1")
     task = await create(yard)
-    waiting = asyncio.create_task(yard.wait_task(task.id, principal=ALICE, wait_s=30))
+    waiting = asyncio.create_task(yard.reads.wait_task(task.id, principal=ALICE, wait_s=30))
     await asyncio.sleep(0)  # the waiter reads the task (WAITING) and subscribes
     await one_pass(yard)
     assert (await asyncio.wait_for(waiting, 1)).status is TaskStatus.FINISHED
@@ -203,21 +206,21 @@ async def test_cancel_stops_a_task_and_its_late_report(
     finished, running = await create(yard, priority=0), await create(yard, priority=1)
     await one_pass(yard)  # two slots: both go out, the higher priority first (and accepted)
     assert (await read(yard, running)).status is TaskStatus.PROCESSING
-    cancelled = await yard.cancel_task(running.id, principal=ALICE)
+    cancelled = await yard.tasks.cancel_task(running.id, principal=ALICE)
     assert cancelled.status is TaskStatus.CANCELLED
     assert (await read(yard, running)).status is TaskStatus.CANCELLED
     holder = auth.verify(SECRET, backend.sent[0][1]["callback_token"])
     with pytest.raises(errors.TaskFinal):
-        await yard.report(running.id, Report(TaskStatus.FINISHED, {}), principal=holder)
+        await yard.tasks.report(running.id, Report(TaskStatus.FINISHED, {}), principal=holder)
     with pytest.raises(errors.TaskFinal):
-        await yard.cancel_task(finished.id, principal=ALICE)
+        await yard.tasks.cancel_task(finished.id, principal=ALICE)
 
 
 async def test_a_cancelled_waiting_task_is_never_sent(
     yard: Coordinator, backend: ScriptedBackend
 ) -> None:
     task = await create(yard)
-    await yard.cancel_task(task.id, principal=ALICE)
+    await yard.tasks.cancel_task(task.id, principal=ALICE)
     await register(yard, "s1")
     await one_pass(yard)
     assert backend.sent == [] and (await read(yard, task)).status is TaskStatus.CANCELLED

@@ -9,12 +9,17 @@ from dataclasses import replace
 import pytest
 
 from taskyard import auth, errors
+from taskyard.clock import now_ms
+from taskyard.config import Settings
 from taskyard.domain import ejection
-from taskyard.domain.ejection import EjectionPolicy, EjectionReason
-from taskyard.domain.models import ErrorCode, ServerState, ServerStatus, Task, TaskStatus, now_ms
+from taskyard.domain.coordinator import Coordinator
+from taskyard.domain.ejection import EjectionReason
+from taskyard.domain.models import ErrorCode, ServerState, ServerStatus, Task, TaskStatus
 from taskyard.domain.ports import CancelReply, HealthReply, PredictReply, ReplyKind, TaskQuery
 from taskyard.domain.registry import Registration
-from taskyard.domain.service import BulkAction, Coordinator, Report
+from taskyard.domain.reports import Report
+from taskyard.domain.tasks import BulkAction
+from taskyard.domain_config import coordinator_config
 from tests.unit.factories import make_server
 from tests.unit.fakes import ScriptedBackend
 from tests.unit.test_coordinator_memory import (
@@ -64,7 +69,7 @@ async def add(
         cancel_url=f"http://{server_id}.test/cancel" if cancel else None,
         api_key=api_key,
     )
-    await yard.register_server(reg)
+    await yard.fleet.register_server(reg)
     return url
 
 
@@ -93,7 +98,7 @@ async def test_a_failed_task_is_retried_by_hand_with_its_history_and_a_fresh_bud
     await one_pass(yard)
     failed = await read(yard, task)
     assert failed.status is TaskStatus.FAILED and failed.attempts_left == 0
-    retried = await yard.retry_task(task.id, principal=ALICE)
+    retried = await yard.tasks.retry_task(task.id, principal=ALICE)
     assert (retried.id, retried.status, retried.error, retried.attempts_left) == (
         task.id,
         TaskStatus.WAITING,
@@ -112,23 +117,23 @@ async def test_a_cancelled_task_is_retried_and_other_states_refuse(
 ) -> None:
     task = await create(yard)
     with pytest.raises(errors.Conflict, match="WAITING"):
-        await yard.retry_task(task.id, principal=ALICE)
-    await yard.cancel_task(task.id, principal=ALICE)
-    assert (await yard.retry_task(task.id, principal=ALICE)).status is TaskStatus.WAITING
+        await yard.tasks.retry_task(task.id, principal=ALICE)
+    await yard.tasks.cancel_task(task.id, principal=ALICE)
+    assert (await yard.tasks.retry_task(task.id, principal=ALICE)).status is TaskStatus.WAITING
     await add(yard, "s1")
     await one_pass(yard)
     assert (await read(yard, task)).status is TaskStatus.FINISHED
     with pytest.raises(errors.Conflict, match="FINISHED"):
-        await yard.retry_task(task.id, principal=ALICE)
+        await yard.tasks.retry_task(task.id, principal=ALICE)
     bob = auth.Principal(sub="bob", roles=frozenset({auth.USER}))
     with pytest.raises(errors.TaskNotFound):
-        await yard.retry_task(task.id, principal=bob)
+        await yard.tasks.retry_task(task.id, principal=bob)
 
 
 async def test_a_retried_task_gets_its_queue_timeout_again(yard: Coordinator) -> None:
     task = await create(yard, queue_timeout_s=5)
-    await yard.cancel_task(task.id, principal=ALICE)
-    retried = await yard.retry_task(task.id, principal=ALICE)
+    await yard.tasks.cancel_task(task.id, principal=ALICE)
+    retried = await yard.tasks.retry_task(task.id, principal=ALICE)
     assert retried.queue_deadline_at is not None
     assert retried.queue_deadline_at - retried.updated_at == 5_000
 
@@ -139,18 +144,18 @@ async def test_bulk_retry_and_cancel_take_the_search_filters_and_a_limit(
     url = await add(yard, "s1", slots=10)
     failed = [await failed_task(yard, backend, url) for _ in range(3)]
     query = TaskQuery(limit=2, error_code="response_too_large")
-    changed, more = await yard.bulk_change(BulkAction.RETRY, query, principal=ADMIN)
+    changed, more = await yard.tasks.bulk_change(BulkAction.RETRY, query, principal=ADMIN)
     assert set(changed) < set(failed) and len(changed) == 2 and more
-    changed2, more2 = await yard.bulk_change(BulkAction.RETRY, query, principal=ADMIN)
+    changed2, more2 = await yard.tasks.bulk_change(BulkAction.RETRY, query, principal=ADMIN)
     assert set(changed + changed2) == set(failed) and not more2
     # Cancel: only open tasks are touched, whatever the status filter asks.
     open_query = TaskQuery(limit=100, statuses=(TaskStatus.WAITING, TaskStatus.FINISHED))
-    cancelled, _ = await yard.bulk_change(BulkAction.CANCEL, open_query, principal=ADMIN)
+    cancelled, _ = await yard.tasks.bulk_change(BulkAction.CANCEL, open_query, principal=ADMIN)
     assert set(cancelled) == set(failed)
     for task_id in failed:
-        assert (await yard.get_task(task_id, principal=ALICE)).status is TaskStatus.CANCELLED
+        assert (await yard.reads.get_task(task_id, principal=ALICE)).status is TaskStatus.CANCELLED
     with pytest.raises(errors.Forbidden):
-        await yard.bulk_change(BulkAction.CANCEL, open_query, principal=ALICE)
+        await yard.tasks.bulk_change(BulkAction.CANCEL, open_query, principal=ALICE)
 
 
 # ---- rejections --------------------------------------------------------------------------
@@ -173,7 +178,7 @@ async def test_a_rejected_task_is_retried_once_on_another_server(
     # With "bad" free and "good" full, it is not sent to "bad" again: it waits for "good".
     await one_pass(yard)
     assert [u for u, _ in backend.sent].count(bad) == 1
-    await yard.report(busy.id, _finished_report(), principal=ADMIN)
+    await yard.tasks.report(busy.id, _finished_report(), principal=ADMIN)
     await one_pass(yard)
     done = await read(yard, task)
     assert done.status is TaskStatus.FINISHED
@@ -211,17 +216,18 @@ async def test_a_server_that_rejects_what_others_run_is_ejected_as_rejecting(
     for _ in range(4):
         await one_pass(yard)
     assert await statuses(yard, tasks) == {TaskStatus.FINISHED}
-    server = await yard.get_server("bad")
+    server = await yard.fleet.get_server("bad")
     assert (server.state, server.ejection_reason) == (ServerState.EJECTED, "rejecting")
     assert server.last_error is not None and "refused 3 different tasks" in server.last_error
-    assert (await yard.get_server("good")).state is ServerState.ONLINE
+    assert (await yard.fleet.get_server("good")).state is ServerState.ONLINE
 
 
 # ---- outlier ejection --------------------------------------------------------------------
 
 
 def test_each_ejection_in_a_row_lasts_twice_as_long_up_to_the_cap() -> None:
-    policy = EjectionPolicy(base_s=10, max_s=35, reset_s=100)
+    defaults = coordinator_config(Settings(), "n1").dispatch.ejection
+    policy = replace(defaults, base_s=10, max_s=35, reset_s=100)
     server = make_server()
     lengths = []
     now = 1_000_000
@@ -248,7 +254,7 @@ async def test_a_failing_server_is_ejected_and_its_tasks_finish_elsewhere(
     for _ in range(4):
         await one_pass(yard)
     assert await statuses(yard, tasks) == {TaskStatus.FINISHED}
-    server = await yard.get_server("bad")
+    server = await yard.fleet.get_server("bad")
     assert server.state is ServerState.EJECTED and server.ejection_reason == "failing"
     sent_to_bad = [u for u, _ in backend.sent].count(bad)
     more = [await create(yard) for _ in range(10)]
@@ -266,7 +272,7 @@ async def test_past_the_panic_threshold_ejected_servers_take_tasks_the_least_bad
     tasks = [await create(yard, max_attempts=6) for _ in range(4)]
     for _ in range(8):
         await one_pass(yard)
-    servers = [await yard.get_server(n) for n in ("a", "b")]
+    servers = [await yard.fleet.get_server(n) for n in ("a", "b")]
     assert all(s.state is ServerState.EJECTED for s in servers)
     # Every server of the model is ejected: the tasks were still tried, to their last attempt.
     for task in tasks:
@@ -277,14 +283,15 @@ async def test_past_the_panic_threshold_ejected_servers_take_tasks_the_least_bad
 async def test_a_passing_check_readmits_an_ejected_server_only_after_its_time(
     yard: Coordinator, backend: ScriptedBackend
 ) -> None:
-    from taskyard.domain.health import HealthPolicy, next_state
+    from taskyard.domain.health import next_state
     from taskyard.domain.ports import HealthReply
 
     healthy = HealthReply(healthy=True, network_error=False)
     server = make_server(ejected=True, ejected_until=5_000, ejections=1, last_error="ejected")
-    early = next_state(server, healthy, now=4_000, policy=HealthPolicy())
+    policy = yard.config.health
+    early = next_state(server, healthy, now=4_000, policy=policy)
     assert "ejected" not in early and "last_error" not in early  # stays out, reason shown
-    late = next_state(server, healthy, now=5_000, policy=HealthPolicy())
+    late = next_state(server, healthy, now=5_000, policy=policy)
     assert late["ejected"] is False and late["dispatch_failures"] == 0
 
 
@@ -298,20 +305,20 @@ async def test_maintenance_drains_then_returns_after_a_passing_check(
     backend.script[url].append(ACCEPTED)
     running = await create(yard)
     await one_pass(yard)
-    server = await yard.set_maintenance("s1", enabled=True, reason="driver upgrade")
+    server = await yard.fleet.set_maintenance("s1", enabled=True, reason="driver upgrade")
     assert (server.state, server.maintenance_reason) == (ServerState.DRAINING, "driver upgrade")
     waiting = await create(yard)
     await one_pass(yard)
     assert (await read(yard, waiting)).status is TaskStatus.WAITING
-    why = await yard.why_waiting(await read(yard, waiting))
+    why = await yard.reads.why_waiting(await read(yard, waiting))
     assert why is not None and why.reason == "maintenance"
     report = _finished_report()
-    await yard.report(running.id, report, principal=ADMIN)
-    assert (await yard.get_server("s1")).state is ServerState.MAINTENANCE
+    await yard.tasks.report(running.id, report, principal=ADMIN)
+    assert (await yard.fleet.get_server("s1")).state is ServerState.MAINTENANCE
     # Re-registering (the backend restarted) keeps it in maintenance.
     await add(yard, "s1", slots=5)
-    assert (await yard.get_server("s1")).state is ServerState.MAINTENANCE
-    back = await yard.set_maintenance("s1", enabled=False, reason=None)
+    assert (await yard.fleet.get_server("s1")).state is ServerState.MAINTENANCE
+    back = await yard.fleet.set_maintenance("s1", enabled=False, reason=None)
     assert back.state is ServerState.ONLINE  # no health URL: back at once
     await one_pass(yard)
     assert (await read(yard, waiting)).status is TaskStatus.FINISHED
@@ -322,11 +329,11 @@ async def test_out_of_maintenance_a_checked_server_waits_for_its_next_check(
 ) -> None:
     await add(yard, "s1", health=True)
     await yard.store.update_server("s1", {"status": ServerStatus.ONLINE})
-    await yard.set_maintenance("s1", enabled=True, reason=None)
-    back = await yard.set_maintenance("s1", enabled=False, reason=None)
+    await yard.fleet.set_maintenance("s1", enabled=True, reason=None)
+    back = await yard.fleet.set_maintenance("s1", enabled=False, reason=None)
     assert back.state is ServerState.OFFLINE and back.next_check_at <= now_ms()
     await yard.health.check("s1")
-    assert (await yard.get_server("s1")).state is ServerState.ONLINE
+    assert (await yard.fleet.get_server("s1")).state is ServerState.ONLINE
 
 
 async def test_a_check_read_in_maintenance_does_not_undo_its_end(
@@ -340,16 +347,16 @@ async def test_a_check_read_in_maintenance_does_not_undo_its_end(
 
     await add(yard, "s1", health=True)
     await yard.store.update_server("s1", {"status": ServerStatus.OFFLINE, "offline_since": 1})
-    await yard.set_maintenance("s1", enabled=True, reason=None)
-    read_in_maintenance = await yard.get_server("s1")
-    back = await yard.set_maintenance("s1", enabled=False, reason=None)
+    await yard.fleet.set_maintenance("s1", enabled=True, reason=None)
+    read_in_maintenance = await yard.fleet.get_server("s1")
+    back = await yard.fleet.set_maintenance("s1", enabled=False, reason=None)
 
     async def fails(url: str, *, timeout_s: float, api_key: str | None = None) -> HealthReply:
         return HealthReply(healthy=False, network_error=False, detail="HTTP 503")
 
     monkeypatch.setattr(backend, "health", fails)
     await yard.health.check("s1", read_in_maintenance)
-    server = await yard.get_server("s1")
+    server = await yard.fleet.get_server("s1")
     assert (server.maintenance, server.consecutive_failures) == (False, 1)  # judged again
     assert server.offline_since == back.offline_since != 1
     assert not offline_too_long(server, now=now_ms(), limit_ms=60_000)
@@ -376,9 +383,9 @@ async def test_a_cancelled_attempt_holds_its_slot_until_the_backend_lets_go(
     running = await create(yard)
     await one_pass(yard)
     backend.cancel_replies.append(CancelReply(let_go=False, error="cancel HTTP 503"))
-    await yard.cancel_task(running.id, principal=ALICE)
+    await yard.tasks.cancel_task(running.id, principal=ALICE)
     nxt = await create(yard)
-    server = await yard.get_server("s1")
+    server = await yard.fleet.get_server("s1")
     assert (server.in_flight, server.held) == (1, 1)
     await yard.dispatcher.send_cancels(now_ms())
     await yard.dispatcher.sends_recorded()
@@ -388,7 +395,7 @@ async def test_a_cancelled_attempt_holds_its_slot_until_the_backend_lets_go(
     # The failed cancel is tried again later; the second one is answered.
     await yard.dispatcher.send_cancels(now_ms() + 60_000)
     await yard.dispatcher.sends_recorded()
-    assert len(backend.cancels) == 2 and (await yard.get_server("s1")).held == 0
+    assert len(backend.cancels) == 2 and (await yard.fleet.get_server("s1")).held == 0
     await one_pass(yard)
     assert (await read(yard, nxt)).status is TaskStatus.FINISHED
 
@@ -400,8 +407,8 @@ async def test_a_late_final_report_releases_a_held_slot(
     backend.script[url].append(ACCEPTED)
     running = await create(yard)
     await one_pass(yard)
-    await yard.cancel_task(running.id, principal=ALICE)
-    assert (await yard.get_server("s1")).held == 1
+    await yard.tasks.cancel_task(running.id, principal=ALICE)
+    assert (await yard.fleet.get_server("s1")).held == 1
     token = auth.Principal(
         sub="server:s1",
         roles=frozenset({auth.SERVICE}),
@@ -410,8 +417,8 @@ async def test_a_late_final_report_releases_a_held_slot(
         attempt=1,
     )
     with pytest.raises(errors.TaskFinal):
-        await yard.report(running.id, _finished_report(), principal=token)
-    assert (await yard.get_server("s1")).held == 0
+        await yard.tasks.report(running.id, _finished_report(), principal=token)
+    assert (await yard.fleet.get_server("s1")).held == 0
 
 
 async def test_a_timed_out_attempt_holds_its_slot_for_the_grace(
@@ -423,14 +430,14 @@ async def test_a_timed_out_attempt_holds_its_slot_for_the_grace(
     await one_pass(yard)
     again = await read(yard, task)
     assert again.status is TaskStatus.WAITING
-    assert (await yard.get_server("s1")).held == 1
+    assert (await yard.fleet.get_server("s1")).held == 1
     backend.cancel_replies.append(CancelReply(let_go=False, error="down"))
     await yard.dispatcher.send_cancels(now_ms())
     await yard.dispatcher.sends_recorded()
     # Past the grace the hold lapses, answered or not.
     grace_ms = int(yard.dispatcher.policy.slot_grace_s * 1000)
     assert await yard.store.prune_holds(now=now_ms() + grace_ms + 1_000) == 1
-    assert (await yard.get_server("s1")).held == 0
+    assert (await yard.fleet.get_server("s1")).held == 0
 
 
 @pytest.mark.parametrize(
@@ -453,13 +460,13 @@ async def test_a_late_reply_to_a_swept_attempt_frees_its_slot_only_if_the_backen
     sent = await read(yard, task)
     assert sent.status is TaskStatus.PROCESSING and sent.deadline_at is not None
     await yard.dispatcher.sweep(sent.deadline_at + 1)  # the deadline sweep comes first
-    assert (await yard.get_server("s1")).held == 1
+    assert (await yard.fleet.get_server("s1")).held == 1
     # Then the send's own reply: a client that gave up, or a 202, says the backend may still
     # be computing, so the slot stays held until its cancel is answered.
     server = await yard.store.get_server("s1")
     assert server is not None
     await yard.dispatcher.record_reply(sent, server, late)
-    assert (await yard.get_server("s1")).held == (1 if still_held else 0)
+    assert (await yard.fleet.get_server("s1")).held == (1 if still_held else 0)
 
 
 async def test_the_api_key_goes_with_every_call_to_its_backend(
@@ -469,11 +476,11 @@ async def test_the_api_key_goes_with_every_call_to_its_backend(
     backend.script[url].append(ACCEPTED)
     task = await create(yard)
     await one_pass(yard)
-    await yard.cancel_task(task.id, principal=ALICE)
+    await yard.tasks.cancel_task(task.id, principal=ALICE)
     await yard.dispatcher.send_cancels(now_ms())
     await yard.dispatcher.sends_recorded()
     assert backend.api_keys == ["sk-backend-secret", "sk-backend-secret"]
-    assert "sk-backend-secret" not in repr(await yard.get_server("s1"))
+    assert "sk-backend-secret" not in repr(await yard.fleet.get_server("s1"))
 
 
 def _finished_report() -> Report:
@@ -499,7 +506,7 @@ class ReRegisteringHealth(ScriptedBackend):
         if self.delete:
             await yard.store.delete_servers(["s1"])
         else:
-            await yard.register_server(
+            await yard.fleet.register_server(
                 Registration("s1", "s1", "test", "http://s1.test/p", "http://s1.test/h")
             )
         return HealthReply(healthy=True, network_error=False)
@@ -512,7 +519,7 @@ async def test_a_health_result_for_a_replaced_registration_changes_nothing(
     ref: list[Coordinator] = []
     yard = memory_yard(ReRegisteringHealth(ref, delete=delete))
     ref.append(yard)
-    await yard.register_server(
+    await yard.fleet.register_server(
         Registration("s1", "s1", "test", "http://s1.test/p", "http://s1.test/h")
     )
     before = await yard.store.get_server("s1")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from taskyard.config import Settings
 from taskyard.domain import registry
-from taskyard.domain.health import HealthPolicy, next_state
+from taskyard.domain.health import next_state
 from taskyard.domain.models import ServerStatus
 from taskyard.domain.ports import HealthReply
+from taskyard.domain_config import coordinator_config
 from tests.unit.factories import make_server
 
-POLICY = HealthPolicy(interval_min_s=10, interval_max_s=60, backoff_after=5, growth=1.5)
+DEFAULTS = coordinator_config(Settings(), "n1").health
+POLICY = replace(DEFAULTS, interval_min_s=10, interval_max_s=60, backoff_after=5, growth=1.5)
 OK = HealthReply(healthy=True, network_error=False)
 DOWN = HealthReply(healthy=False, network_error=False, detail="health HTTP 503")
 

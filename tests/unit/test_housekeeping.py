@@ -21,7 +21,7 @@ async def test_old_results_are_purged_in_chunks_and_rounds(monkeypatch: pytest.M
         await yard.store.add_task(
             make_task(id=f"old-{i:02}", status=TaskStatus.FINISHED, finished_at=1)
         )
-    housekeeping = chores.Chores(yard)
+    housekeeping = yard.chores
     now = 1 + int(yard.config.result_retention_s * 1000) + 1
     assert await housekeeping.purge_old_results(now) == 30  # three chunks, then the round ends
     assert await housekeeping.purge_old_results(now) == 15
@@ -38,7 +38,7 @@ async def test_a_dead_nodes_attempts_are_requeued_a_page_per_round() -> None:
             task, server_id="gpu", node_id="dead", callback_url="http://cb", now=2_000
         )
         assert await yard.store.update_task(update)
-    housekeeping = chores.Chores(yard)
+    housekeeping = yard.chores
     await housekeeping.recover_lost_nodes([])
     assert (await yard.store.count_tasks())["WAITING"] == batch
     await housekeeping.recover_lost_nodes([])

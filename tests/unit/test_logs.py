@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from taskyard import logs
+from taskyard.clock import SystemClock
 from taskyard.domain.health import describe_change
 from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import Server, ServerStatus
@@ -125,7 +126,10 @@ class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
 
-    def __call__(self) -> float:
+    def now_ms(self) -> int:
+        return int(self.now * 1000)
+
+    def monotonic(self) -> float:
         return self.now
 
 
@@ -163,7 +167,7 @@ def test_repeat_logs_a_failing_loop_once_not_per_iteration(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`Wakeable.repeat` survives failing steps and reports them through `FailureLog`."""
-    loop = Wakeable()
+    loop = Wakeable(SystemClock())
     loop.failure_pause_s = 0.001
     calls = 0
 

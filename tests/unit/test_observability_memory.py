@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 from taskyard import auth, errors
+from taskyard.clock import now_ms
 from taskyard.domain import lifecycle
-from taskyard.domain.models import ErrorCode, ServerStatus, TaskOptions, TaskStatus, now_ms
+from taskyard.domain.coordinator import Coordinator
+from taskyard.domain.models import ErrorCode, ServerStatus, TaskOptions, TaskStatus
 from taskyard.domain.ports import PredictReply, ReplyKind, TaskQuery, TaskUpdate
-from taskyard.domain.service import Coordinator
 from taskyard.domain.tallies import MINUTE_MS, bucket_of, bucket_value, percentile
 from taskyard.domain.waiting import WaitingReason
 from tests.unit.fakes import ScriptedBackend
@@ -62,14 +63,14 @@ async def scripted_run(yard: Coordinator, backend: ScriptedBackend) -> None:
     script.append(ACCEPTED)
     await one_pass(yard)
     assert (await read(yard, running)).status is TaskStatus.PROCESSING
-    await yard.cancel_task(running.id, principal=ALICE)
+    await yard.tasks.cancel_task(running.id, principal=ALICE)
     waiting = await create(yard)
-    await yard.cancel_task(waiting.id, principal=ALICE)  # before any pass
+    await yard.tasks.cancel_task(waiting.id, principal=ALICE)  # before any pass
     plain = await create(yard)
     await one_pass(yard)
     assert (await read(yard, plain)).status is TaskStatus.FINISHED
     # Nothing serves model "late": it waits until its queue deadline passes.
-    late = await yard.create_task(
+    late = await yard.tasks.create_task(
         owner="alice",
         request={"model": "late"},
         options=TaskOptions(queue_timeout_s=0.001),
@@ -111,7 +112,7 @@ async def test_stats_count_exactly_what_happened(
     assert (hours[-1].created, hours[-1].finished, hours[-1].failed) == (7, 2, 3)
     assert hours[-1].mean_processing_ms is not None
     assert all(h.created == 0 and h.mean_processing_ms is None for h in hours[:-1])
-    server = await yard.get_server("s1")
+    server = await yard.fleet.get_server("s1")
     per_server = await yard.stats.server(server, now=now_ms(), window_min=60)
     assert (per_server.attempts, per_server.successes) == (6, 2)
     assert per_server.failures == {"backend_error": 2, "backend_rejected": 1, "cancelled": 1}
@@ -124,7 +125,7 @@ async def test_a_lost_race_counts_nothing(yard: Coordinator, backend: ScriptedBa
     task = await create(yard)
     await one_pass(yard)
     running = await read(yard, task)
-    await yard.cancel_task(task.id, principal=ALICE)
+    await yard.tasks.cancel_task(task.id, principal=ALICE)
     late, _ = lifecycle.finish(running, result={"late": True}, now=now_ms())
     assert late.tallies  # it would have counted a finish and an attempt
     assert await yard.dispatcher.apply([late]) == [False]
@@ -165,11 +166,11 @@ def test_percentiles_from_buckets_are_within_ten_percent() -> None:
 
 async def test_no_server_for_the_model(yard: Coordinator) -> None:
     task = await create(yard)
-    assert await yard.create_warnings(task) == [
+    assert await yard.reads.create_warnings(task) == [
         "no registered server serves model 'm': the task waits until one registers"
         " (check the model name)"
     ]
-    why = await yard.why_waiting(await read(yard, task))
+    why = await yard.reads.why_waiting(await read(yard, task))
     assert why is not None and why.reason is WaitingReason.NO_SERVER_FOR_MODEL
     o = await yard.stats.overview(now=now_ms())
     assert o.unserved == {"m": 1}
@@ -179,8 +180,8 @@ async def test_no_server_online(yard: Coordinator) -> None:
     await register(yard, "s1")
     await yard.store.update_server("s1", {"status": ServerStatus.OFFLINE, "last_error": "boom"})
     task = await create(yard)
-    assert await yard.create_warnings(task) == []  # a server serves it, offline or not
-    why = await yard.why_waiting(await read(yard, task))
+    assert await yard.reads.create_warnings(task) == []  # a server serves it, offline or not
+    why = await yard.reads.why_waiting(await read(yard, task))
     assert why is not None and why.reason is WaitingReason.NO_SERVER_ONLINE
     assert "s1 offline (boom)" in why.detail
 
@@ -192,7 +193,7 @@ async def test_all_busy_with_a_position(yard: Coordinator, backend: ScriptedBack
         await create(yard)
     await one_pass(yard)  # both slots taken
     queued = sorted([await create(yard) for _ in range(3)], key=lambda t: (t.created_at, t.id))
-    why = await yard.why_waiting(await read(yard, queued[2]))  # last in claim order
+    why = await yard.reads.why_waiting(await read(yard, queued[2]))  # last in claim order
     assert why is not None and why.reason is WaitingReason.ALL_BUSY
     assert why.position == 2
     assert "2/2 slots" in why.detail
@@ -207,7 +208,7 @@ async def test_backoff_after_a_failure(yard: Coordinator, backend: ScriptedBacke
     assert again.status is TaskStatus.WAITING
     # The fixture retries at once; a backoff is a next attempt in the future.
     await yard.store.update_task(TaskUpdate(again.id, {"next_attempt_at": now_ms() + 60_000}))
-    why = await yard.why_waiting(await read(yard, task))
+    why = await yard.reads.why_waiting(await read(yard, task))
     assert why is not None and why.reason is WaitingReason.BACKOFF
     assert why.retry_at is not None and why.retry_at > now_ms()
     assert "HTTP 503" in why.detail
@@ -219,7 +220,7 @@ async def test_a_final_task_has_no_waiting_reason(
     await register(yard, "s1")
     task = await create(yard)
     await one_pass(yard)
-    assert await yard.why_waiting(await read(yard, task)) is None
+    assert await yard.reads.why_waiting(await read(yard, task)) is None
 
 
 # ---- search ----------------------------------------------------------------------------------
@@ -233,21 +234,23 @@ async def test_search_filters_and_keeps_users_apart(
     failed = await create(yard)
     await one_pass(yard)
     mine = [await create(yard) for _ in range(3)]
-    theirs = await yard.create_task(owner="bob", request={"model": "m"}, options=TaskOptions())
-    everything = await yard.search_tasks(TaskQuery(limit=100), principal=ADMIN)
+    theirs = await yard.tasks.create_task(
+        owner="bob", request={"model": "m"}, options=TaskOptions()
+    )
+    everything = await yard.reads.search_tasks(TaskQuery(limit=100), principal=ADMIN)
     assert {t.id for t in everything} == {failed.id, theirs.id, *(t.id for t in mine)}
     assert all(t.request == {} and t.result is None for t in everything)  # summaries
-    alices = await yard.search_tasks(TaskQuery(limit=100), principal=ALICE)
+    alices = await yard.reads.search_tasks(TaskQuery(limit=100), principal=ALICE)
     assert theirs.id not in {t.id for t in alices}
-    bobs = await yard.search_tasks(TaskQuery(limit=100, model="m"), principal=BOB)
+    bobs = await yard.reads.search_tasks(TaskQuery(limit=100, model="m"), principal=BOB)
     assert [t.id for t in bobs] == [theirs.id]
     with pytest.raises(errors.Forbidden):
-        await yard.search_tasks(TaskQuery(limit=100, owner="alice"), principal=BOB)
-    by_code = await yard.search_tasks(
+        await yard.reads.search_tasks(TaskQuery(limit=100, owner="alice"), principal=BOB)
+    by_code = await yard.reads.search_tasks(
         TaskQuery(limit=100, error_code="backend_rejected"), principal=ALICE
     )
     assert [t.id for t in by_code] == [failed.id]
-    by_status = await yard.search_tasks(
+    by_status = await yard.reads.search_tasks(
         TaskQuery(limit=100, statuses=(TaskStatus.FAILED, TaskStatus.FINISHED)), principal=ADMIN
     )
     assert [t.id for t in by_status] == [failed.id]

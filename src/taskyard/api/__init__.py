@@ -1,1 +1,2 @@
-"""The HTTP API (FastAPI). Routes translate HTTP to `Coordinator` calls and back; no rules here."""
+"""The HTTP API (FastAPI). Routes translate HTTP to calls of the `Coordinator`'s services
+(`tasks`, `fleet`, `reads`) and back; no rules here."""

@@ -33,11 +33,10 @@ from taskyard.api.schemas import JSON_VALUE_SCHEMA
 from taskyard.api.security import cors_options
 from taskyard.auth import JwtIssuer, TokenVerifier, keys_from, policy_from
 from taskyard.backends import AiohttpBackendClient
+from taskyard.clock import SystemClock
 from taskyard.config import Settings
-from taskyard.domain.dispatcher import DispatchPolicy
-from taskyard.domain.ejection import EjectionPolicy
-from taskyard.domain.health import HealthPolicy
-from taskyard.domain.service import Coordinator, CoordinatorConfig
+from taskyard.domain.coordinator import Coordinator
+from taskyard.domain_config import coordinator_config
 from taskyard.metrics import PrometheusObserver
 from taskyard.netguard import NetworkGuard, Resolve
 from taskyard.ratelimit import OpenWaits, RateLimiter
@@ -61,48 +60,6 @@ NO_TELEMETRY: TelemetryConfig = {
     "logs": False,
     "operation_spans": False,
 }
-
-
-def coordinator_config(settings: Settings, node_id: str) -> CoordinatorConfig:
-    return CoordinatorConfig(
-        callback_base_url=settings.callback_base_url,
-        task_timeout_s=settings.task_timeout_s,
-        max_attempts=settings.max_attempts,
-        dispatch=DispatchPolicy(
-            node_id=node_id,
-            callback_base_url=settings.callback_base_url,
-            retry_base_s=settings.retry_base_s,
-            retry_max_s=settings.retry_max_s,
-            poll_s=settings.dispatch_poll_s,
-            batch=settings.dispatch_batch,
-            ejection=EjectionPolicy(
-                after_failures=settings.eject_after_failures,
-                after_rejections=settings.eject_after_rejections,
-                base_s=settings.eject_base_s,
-                max_s=settings.eject_max_s,
-                reset_s=settings.eject_reset_s,
-                max_share=settings.eject_max_share,
-            ),
-            slot_grace_s=settings.slot_grace_s,
-            cancel_timeout_s=settings.cancel_timeout_s,
-        ),
-        health=HealthPolicy(
-            timeout_s=settings.health_timeout_s,
-            interval_min_s=settings.health_interval_min_s,
-            interval_max_s=settings.health_interval_max_s,
-            backoff_after=settings.health_backoff_after,
-            retries=settings.health_retries,
-            retry_delay_s=settings.health_retry_delay_s,
-            offline_removal_s=settings.offline_removal_s,
-            concurrency=settings.health_concurrency,
-        ),
-        result_retention_s=settings.result_retention_s,
-        chores_interval_s=settings.chores_interval_s,
-        node_timeout_s=settings.node_timeout_s,
-        allow_unbound_service_tokens=settings.unbound_service_tokens_allowed,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        max_unfinished_tasks=settings.max_unfinished_tasks,
-    )
 
 
 def begin_shutdown(app: FastAPI, *, hurry: bool = False) -> None:
@@ -153,6 +110,7 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
                 policy=policy_from(settings),
             ),
             config=coordinator_config(settings, node_id),
+            clock=SystemClock(),
             bus=open_bus(
                 settings.database_url,
                 node_id=node_id,

@@ -42,8 +42,8 @@ from taskyard.api.schemas import (
     TaskBatchIn,
     TaskCreate,
 )
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import TaskOptions
-from taskyard.domain.service import Coordinator
 from taskyard.jsonsafe import depth_over, unstorable_number
 
 CREATE_PATH = "/api/task"
@@ -195,14 +195,15 @@ class HotRoutes:
             return
         state = scope["app"].state
         coordinator: Coordinator = state.coordinator
+        reads = coordinator.reads
         try:
             principal = await authenticate(state, _bearer(scope), method="GET", route=TASK_ROUTE)
             if wait > 0:
                 with state.open_waits.hold(principal):
-                    task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
+                    task = await reads.wait_task(task_id, principal=principal, wait_s=wait)
             else:
-                task = await coordinator.get_task(task_id, principal=principal)
-            waiting = await coordinator.why_waiting(task)
+                task = await reads.get_task(task_id, principal=principal)
+            waiting = await reads.why_waiting(task)
             response = JsonResponse(present.task_out(task, waiting=waiting))
         except errors.TaskyardError as exc:
             response = domain_error_response(exc)

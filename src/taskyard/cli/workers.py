@@ -97,7 +97,7 @@ class Supervisor:
     workers: list[Worker] = field(default_factory=list)
 
     def run(self) -> int:
-        from taskyard.domain.service import Coordinator
+        from taskyard.domain.coordinator import Coordinator
         from taskyard.storage.migrate import upgrade
 
         try:

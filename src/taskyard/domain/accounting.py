@@ -9,8 +9,9 @@ import logging
 from typing import Any
 
 from taskyard.domain import ejection
+from taskyard.domain.clock import Clock
 from taskyard.domain.ejection import EjectionPolicy, EjectionReason
-from taskyard.domain.models import Server, ServerStatus, now_ms
+from taskyard.domain.models import Server, ServerStatus
 from taskyard.domain.ports import PredictReply, ReplyKind, Store
 from taskyard.domain.tallies import OK, Event
 
@@ -20,9 +21,10 @@ REJECTING_LOOKBACK_MS = 5 * 60_000  # "others succeed on the model": within this
 
 
 class ServerAccounts:
-    def __init__(self, *, store: Store, policy: EjectionPolicy) -> None:
+    def __init__(self, *, store: Store, policy: EjectionPolicy, clock: Clock) -> None:
         self.store = store
         self.policy = policy
+        self.clock = clock
 
     async def record(self, server: Server, reply: PredictReply) -> None:
         """Count each dispatch for or against the server (in SQL, so nodes counting at once
@@ -31,7 +33,7 @@ class ServerAccounts:
             reset: dict[str, Any] = {}
             if server.dispatch_failures or server.consecutive_rejections:
                 reset = {"dispatch_failures": 0, "consecutive_rejections": 0}
-            if server.ejected and not ejection.is_out(server, now=now_ms()):
+            if server.ejected and not ejection.is_out(server, now=self.clock.now_ms()):
                 reset |= ejection.READMITTED  # no health URL: a dispatch re-admits it
             if reset:
                 await self.store.update_server(server.id, reset, revision=server.revision)
@@ -48,7 +50,7 @@ class ServerAccounts:
             # Not even reachable: offline until a health check (or heartbeat) passes.
             values: dict[str, Any] = {"status": ServerStatus.OFFLINE, "last_error": reply.error}
             if server.status is not ServerStatus.OFFLINE:
-                values["offline_since"] = now_ms()
+                values["offline_since"] = self.clock.now_ms()
             changed = await self.store.update_server(server.id, values, revision=server.revision)
             if changed and server.status is not ServerStatus.OFFLINE:
                 log.warning(
@@ -75,7 +77,7 @@ class ServerAccounts:
     async def _others_succeed(self, server: Server) -> bool:
         """Whether another server serving one of this one's models finished an attempt well
         lately (the statistics, cluster-wide): then the refusals are this server's fault."""
-        since = now_ms() - REJECTING_LOOKBACK_MS
+        since = self.clock.now_ms() - REJECTING_LOOKBACK_MS
         sums = await self.store.tally_sums(
             since=since, events=(Event.ATTEMPT,), group_by=("server_id", "code", "model")
         )
@@ -87,7 +89,7 @@ class ServerAccounts:
         fresh = await self.store.get_server(server.id)
         if fresh is None or fresh.revision != server.revision or fresh.ejected:
             return
-        now = now_ms()
+        now = self.clock.now_ms()
         values = ejection.eject(fresh, reason, now=now, policy=self.policy)
         values["last_error"] = f"ejected ({reason.value}): {why}"
         # Only one node ejects it: the write expects it not ejected yet, on this registration.

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from taskyard.domain.models import SlotHold
+from taskyard.domain.policies import DispatchPolicy
 from taskyard.domain.ports import BackendClient, Store
-
-if TYPE_CHECKING:
-    from taskyard.domain.dispatcher import DispatchPolicy
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,12 @@ import asyncio
 import dataclasses
 import logging
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.accounting import ServerAccounts
 from taskyard.domain.cancels import CancelSender
-from taskyard.domain.ejection import EjectionPolicy
+from taskyard.domain.clock import Clock
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import FailureLog, Wakeable
 from taskyard.domain.models import (
@@ -29,8 +28,8 @@ from taskyard.domain.models import (
     SlotHold,
     Task,
     TaskStatus,
-    now_ms,
 )
+from taskyard.domain.policies import DispatchPolicy
 from taskyard.domain.ports import (
     BackendClient,
     PredictReply,
@@ -48,23 +47,6 @@ RECORD_RETRY_BASE_S = 0.1  # a reply that failed to be recorded is tried again a
 RECORD_RETRY_MAX_S = 2.0  # doubling up to this, until the attempt's deadline
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchPolicy:
-    node_id: str
-    callback_base_url: str
-    retry_base_s: float = 1.0
-    retry_max_s: float = 30.0
-    poll_s: float = 0.5  # seconds
-    coalesce_s: float = 0.003  # seconds a woken pass waits for more work to arrive
-    batch: int = 256
-    ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
-    # How long past its deadline an ended attempt's slot stays counted if the backend never
-    # says it let go (no cancel endpoint, no late report): a backend may still be running it.
-    slot_grace_s: float = 30.0
-    cancel_timeout_s: float = 5.0
-    cancel_retry_max_s: float = 10.0
-
-
 class Dispatcher(Wakeable):
     def __init__(
         self,
@@ -73,10 +55,11 @@ class Dispatcher(Wakeable):
         client: BackendClient,
         tokens: TokenIssuer,
         policy: DispatchPolicy,
+        clock: Clock,
         events: TaskEvents | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self.store = store
         self.client = client
         self.tokens = tokens
@@ -87,14 +70,14 @@ class Dispatcher(Wakeable):
         self._hurry = asyncio.Event()  # set by `hurry`: `close` waits no longer
         self._last_sweep = 0.0
         self._next_retry_at: int | None = None  # earliest backoff this node set, epoch ms
-        self._record_failures = FailureLog("recording backend replies", logger=log)
+        self._record_failures = FailureLog("recording backend replies", clock=clock, logger=log)
         self._cancels_due = False  # a cancel was recorded here: send it without waiting
         # The last claim left free slots (see claim_alongside); until a claim says, assume so.
         self._slots_to_spare = True
         self._claiming_alongside = False
         self._claim_again = False  # a create came while a claim beside creates ran
         self._running = False
-        self.accounts = ServerAccounts(store=store, policy=policy.ejection)
+        self.accounts = ServerAccounts(store=store, policy=policy.ejection, clock=clock)
         self.cancels = CancelSender(
             store=store, client=client, policy=policy, spawn=self._spawn, freed=self.wake
         )
@@ -141,7 +124,7 @@ class Dispatcher(Wakeable):
         """One pass; returns how long to sleep before the next."""
         # Let a burst of wake-ups (creates, finished tasks) accumulate into one pass.
         await asyncio.sleep(self.policy.coalesce_s)
-        now = now_ms()
+        now = self.clock.now_ms()
         if now - self._last_sweep >= self.policy.poll_s * 1000:
             self._last_sweep = now
             await self.sweep(now)
@@ -197,7 +180,7 @@ class Dispatcher(Wakeable):
         try:
             while True:
                 self._claim_again = False
-                await self._claim_and_send(now_ms())
+                await self._claim_and_send(self.clock.now_ms())
                 if not (self._claim_again and self._slots_to_spare):
                     return
         except Exception:  # the woken pass claims the tasks; say why this one could not
@@ -269,7 +252,8 @@ class Dispatcher(Wakeable):
                 await self.record_reply(task, server, reply)
             except Exception:
                 self._record_failures.failed(task_id=task.id, server_id=server.id)
-                if task.deadline_at is None or now_ms() + delay_s * 1000 >= task.deadline_at:
+                retry_at = self.clock.now_ms() + delay_s * 1000
+                if task.deadline_at is None or retry_at >= task.deadline_at:
                     return  # the task is safe in the database; the sweep moves it on
                 await asyncio.sleep(delay_s)
                 delay_s = min(RECORD_RETRY_MAX_S, delay_s * 2)
@@ -278,7 +262,7 @@ class Dispatcher(Wakeable):
                 return
 
     async def record_reply(self, task: Task, server: Server, reply: PredictReply) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         update: TaskUpdate | None
         if reply.kind is ReplyKind.OK and reply.body is not None:
             update = _update_for_result(task, reply.body, now)
@@ -354,7 +338,7 @@ class Dispatcher(Wakeable):
         """Move running attempts back to the queue (their server or coordinator is gone).
         `hold`: their backend may still be running them (their coordinator died): keep their
         slots counted until a grace past their deadline, and cancel them."""
-        now = now_ms()
+        now = self.clock.now_ms()
         updates = [self._retry(t, error=error, code=code, now=now)[0] for t in tasks]
         if hold:
             updates = [

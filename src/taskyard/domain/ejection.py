@@ -20,14 +20,16 @@ class EjectionReason(StrEnum):
     REJECTING = "rejecting"  # refused (4xx) several different tasks that others ran
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EjectionPolicy:
-    after_failures: int = 3  # consecutive failed dispatches that eject
-    after_rejections: int = 3  # consecutive rejected tasks that eject (if others succeed)
-    base_s: float = 30.0  # the first ejection's length; each one in a row doubles it...
-    max_s: float = 300.0  # ...up to this
-    reset_s: float = 600.0  # this long in rotation since the last ejection ended: start over
-    max_share: float = 0.5  # at most this share of a model's servers is left out for ejection
+    """The settings `eject_*` (their defaults are `Settings`')."""
+
+    after_failures: int  # consecutive failed dispatches that eject
+    after_rejections: int  # consecutive rejected tasks that eject (if others succeed)
+    base_s: float  # the first ejection's length; each one in a row doubles it...
+    max_s: float  # ...up to this
+    reset_s: float  # this long in rotation since the last ejection ended: start over
+    max_share: float  # at most this share of a model's servers is left out for ejection
 
 
 def eject(

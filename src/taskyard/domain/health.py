@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskyard.domain import ejection, registry
+from taskyard.domain.clock import Clock
 from taskyard.domain.cluster import Membership
 from taskyard.domain.loops import FailureLog, Wakeable
-from taskyard.domain.models import Server, ServerStatus, now_ms
+from taskyard.domain.models import Server, ServerStatus
 from taskyard.domain.ports import BackendClient, HealthReply, Store
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,19 @@ RESYNC_S = 30.0  # seconds between re-reading the server list (servers added els
 COLD_START_SPREAD_S = 2.0  # overdue checks found at start are spread over this many seconds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthPolicy:
-    timeout_s: float = 5.0
-    interval_min_s: float = 10.0
-    interval_max_s: float = 60.0
-    backoff_after: int = 5  # consecutive successes before the interval grows
-    growth: float = 1.5
-    retries: int = 3  # network errors retried this often before a check counts as failed
-    retry_delay_s: float = 2.0
-    offline_removal_s: float = 180.0
-    concurrency: int = 200
+    """The settings `health_*` and `offline_removal_s` (their defaults are `Settings`')."""
+
+    timeout_s: float
+    interval_min_s: float
+    interval_max_s: float
+    backoff_after: int  # consecutive successes before the interval grows
+    retries: int  # network errors retried this often before a check counts as failed
+    retry_delay_s: float
+    offline_removal_s: float  # offline this long: removed (0: never)
+    concurrency: int
+    growth: float = 1.5  # the interval's factor per check past `backoff_after` (no setting)
 
 
 def next_state(
@@ -123,9 +126,10 @@ class HealthMonitor(Wakeable):
         on_online: Callable[[str], None],
         on_expired: Callable[[str], Awaitable[None]],
         membership: Membership,
+        clock: Clock,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self.membership = membership
         self.store = store
         self.client = client
@@ -142,11 +146,11 @@ class HealthMonitor(Wakeable):
         self._spread_next_resync = True  # after a start or a hand-over, not for a new server
         self.checks_done = 0
         # A database outage fails every check: one report for all of them, not one per check.
-        self._check_failures = FailureLog("health checks", logger=log)
+        self._check_failures = FailureLog("health checks", clock=clock, logger=log)
 
     def schedule(self, server_id: str, at_ms: int | None = None) -> None:
         """Check `server_id` at `at_ms` (now by default), replacing any earlier plan."""
-        at = now_ms() if at_ms is None else at_ms
+        at = self.clock.now_ms() if at_ms is None else at_ms
         self._due[server_id] = at
         self._seq += 1
         heapq.heappush(self._heap, (at, self._seq, server_id))
@@ -175,7 +179,7 @@ class HealthMonitor(Wakeable):
         await asyncio.gather(*self._checks, return_exceptions=True)
 
     async def step(self) -> float:
-        now = now_ms()
+        now = self.clock.now_ms()
         if now >= self._next_resync:
             self._next_resync = now + RESYNC_S * 1000
             await self.resync()
@@ -203,7 +207,7 @@ class HealthMonitor(Wakeable):
     async def resync(self) -> None:
         """Schedule the servers this node owns that the heap does not know yet (after a start,
         added elsewhere, handed over); drop those it no longer owns."""
-        now = now_ms()
+        now = self.clock.now_ms()
         spread_ms = 1
         if self._spread_next_resync:
             # Overdue checks found at start are spread out instead of fired in one burst.
@@ -225,7 +229,7 @@ class HealthMonitor(Wakeable):
             raise
         except Exception:
             self._check_failures.failed(server_id=server_id)
-            self.schedule(server_id, now_ms() + int(self.policy.interval_min_s * 1000))
+            self.schedule(server_id, self.clock.now_ms() + int(self.policy.interval_min_s * 1000))
         else:
             self._check_failures.succeeded()
         finally:
@@ -241,7 +245,7 @@ class HealthMonitor(Wakeable):
             return
         reply = await self._probe(server.health_url, api_key=server.api_key)
         self.observer.health_checked(server_id, healthy=reply.healthy)
-        now = now_ms()
+        now = self.clock.now_ms()
         values = next_state(server, reply, now=now, policy=self.policy)
         values["checked_by"] = self.membership.node_id
         self.checks_done += 1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from taskyard.domain.clock import Clock
 from taskyard.domain.ports import NullObserver, Observer
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,8 @@ class FailureLog:
         self,
         name: str,
         *,
+        clock: Clock,
         every_s: float = FAILURE_REPORT_S,
-        clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger = log,
     ) -> None:
         self.name, self.every_s, self.clock, self.log = name, every_s, clock, logger
@@ -35,7 +35,7 @@ class FailureLog:
 
     def failed(self, **extra: Any) -> None:
         """Call from an `except` block; `extra` ids go on the line if it is written."""
-        now = self.clock()
+        now = self.clock.monotonic()
         self.failures += 1
         if self.failures == 1:
             self._first_at = self._reported_at = now
@@ -57,7 +57,7 @@ class FailureLog:
                 "%s works again after %d failures in a row over %.0f s",
                 self.name,
                 self.failures,
-                self.clock() - self._first_at,
+                self.clock.monotonic() - self._first_at,
             )
             self.failures = 0
 
@@ -65,7 +65,8 @@ class FailureLog:
 class Wakeable:
     """A loop that sleeps until woken, its interval passes, or it is told to stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.failure_pause_s = 1.0  # after a failed iteration
@@ -99,7 +100,7 @@ class Wakeable:
         """Run `step` until stopped; it returns how long to sleep. A failed step is retried
         after `failure_pause_s`; it never kills the loop, and a loop that keeps failing is
         reported now and then (`FailureLog`), not once per iteration."""
-        failures = FailureLog(f"{name} loop")
+        failures = FailureLog(f"{name} loop", clock=self.clock)
         while not self.stopping:
             try:
                 pause = await step()

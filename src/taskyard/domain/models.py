@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 JSON = dict[str, Any]
-
-
-def now_ms() -> int:
-    """Wall-clock time in epoch milliseconds (the seed's time unit on the wire)."""
-    return int(time.time() * 1000)
 
 
 class TaskStatus(StrEnum):

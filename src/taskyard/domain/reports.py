@@ -1,16 +1,17 @@
 """A task's readers and reporters: who may read a task, who may report on it (and for which
 server and attempt), and what a report (`PUT /api/task/{id}`, the seed's TaskResult) does to it.
-Pure: `Coordinator.get_task` and `Coordinator.report` apply them."""
+Pure: `TaskReads.get_task` and `TaskService.report` apply them."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from taskyard import auth, errors
+from taskyard import errors
 from taskyard.domain import lifecycle
 from taskyard.domain.models import JSON, ErrorCode, Task, TaskStatus
 from taskyard.domain.ports import TaskUpdate
+from taskyard.domain.principal import Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class Report:
     message: str | None = None
 
 
-def may_read(principal: auth.Principal, task: Task) -> bool:
+def may_read(principal: Principal, task: Task) -> bool:
     if principal.is_admin or task.owner == principal.sub:
         return True
     # A backend may read the task it is running.
@@ -36,7 +37,7 @@ def may_read(principal: auth.Principal, task: Task) -> bool:
 
 
 def reporter_claim(
-    principal: auth.Principal, task_id: str, report: Report, *, allow_unbound: bool
+    principal: Principal, task_id: str, report: Report, *, allow_unbound: bool
 ) -> tuple[str | None, int | None]:
     """Which server (and attempt) this caller speaks for; raise if it may not report at all."""
     if principal.is_admin:

@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 
 from taskyard.domain.ports import ClusterHandlers
-from taskyard.storage.notify import Notices, on_notice
+from taskyard.storage.notices import Notices, on_notice
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from taskyard import auth
 from taskyard.api.deps import ClientDep, CoordinatorDep
 from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import TaskBatchIn, TaskBatchOut
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import TaskOptions
-from taskyard.domain.service import Coordinator
+from taskyard.domain.principal import Principal
 from taskyard.ratelimit import RateLimiter, limited
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -38,7 +38,7 @@ async def create_tasks(
 
 
 async def create_batch_and_answer(
-    state: Any, coordinator: Coordinator, principal: auth.Principal, body: TaskBatchIn
+    state: Any, coordinator: Coordinator, principal: Principal, body: TaskBatchIn
 ) -> JsonResponse:
     """What `POST /api/tasks/batch` answers (this route and its fast path, `api/hot.py`)."""
     limiter: RateLimiter = state.rate_limiter
@@ -55,9 +55,10 @@ async def create_batch_and_answer(
         )
         for item in body.tasks
     ]
-    tasks = await coordinator.create_tasks(
+    tasks = await coordinator.tasks.create_tasks(
         owner=principal.sub, items=items, capped=limited(principal)
     )
-    warned = {model: await coordinator.model_warnings(model) for model in {t.model for t in tasks}}
+    warnings = coordinator.reads.model_warnings
+    warned = {model: await warnings(model) for model in {t.model for t in tasks}}
     out = [{"taskId": t.id, "status": t.status.value, "warnings": warned[t.model]} for t in tasks]
     return JsonResponse({"tasks": out, "count": len(out)})

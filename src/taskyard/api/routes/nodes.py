@@ -17,5 +17,5 @@ router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 @router.get("", response_model=NodesOut, responses=documented(e403="Not an admin"))
 async def list_nodes(coordinator: CoordinatorDep, _admin: AdminDep) -> dict[str, Any]:
     """Every coordinator node recorded in the database, oldest first."""
-    nodes = await coordinator.list_nodes()
+    nodes = await coordinator.reads.list_nodes()
     return {"nodes": [present.node_out(node, alive=alive) for node, alive in nodes]}

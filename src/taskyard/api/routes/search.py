@@ -13,10 +13,11 @@ from taskyard.api.deps import AdminDep, ClientDep, CoordinatorDep
 from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import MAX_ID_LENGTH, BulkOut, TasksPage
-from taskyard.auth import Principal
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import Task, TaskStatus
 from taskyard.domain.ports import TaskQuery
-from taskyard.domain.service import BulkAction, Coordinator
+from taskyard.domain.principal import Principal
+from taskyard.domain.tasks import BulkAction
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -83,7 +84,7 @@ async def search_tasks(
         limit=limit + 1,  # one more tells whether there is a next page
         before=decode_cursor(cursor) if cursor is not None else None,
     )
-    found = await coordinator.search_tasks(query, principal=principal)
+    found = await coordinator.reads.search_tasks(query, principal=principal)
     page = found[:limit]
     more = len(found) > limit
     return JsonResponse(
@@ -129,7 +130,7 @@ async def _bulk(
     limit: int,
 ) -> JsonResponse:
     query = dataclasses.replace(filters, limit=limit)
-    changed, more = await coordinator.bulk_change(action, query, principal=principal)
+    changed, more = await coordinator.tasks.bulk_change(action, query, principal=principal)
     return JsonResponse({"changed": changed, "count": len(changed), "more": more})
 
 

@@ -61,7 +61,7 @@ async def register_server(
         api_key=body.api_key,
         auto_remove=body.auto_remove,
     )
-    server, token = await coordinator.register_server(registration)
+    server, token = await coordinator.fleet.register_server(registration)
     return {"id": server.id, "success": True, "token": token}
 
 
@@ -90,7 +90,7 @@ async def _check_destinations(guard: NetworkGuard, body: ServerRegister) -> None
 async def list_servers(coordinator: CoordinatorDep, _admin: AdminDep) -> JsonResponse:
     """List every registered server with its status, load and health."""
     # Serialized directly: validating a thousand entries against ServerOut took ~100 ms.
-    servers = [present.server_out(s) for s in await coordinator.list_servers()]
+    servers = [present.server_out(s) for s in await coordinator.fleet.list_servers()]
     return JsonResponse({"servers": servers})
 
 
@@ -102,7 +102,7 @@ async def cleanup(
 ) -> dict[str, Any]:
     """Remove servers with no sign of life for `maxAgeMins` (default 5)."""
     max_age_mins = (body or CleanupIn()).maxAgeMins
-    removed = await coordinator.cleanup(max_age_s=max_age_mins * 60)
+    removed = await coordinator.fleet.cleanup(max_age_s=max_age_mins * 60)
     return {"success": True, "removedServers": removed}
 
 
@@ -113,7 +113,7 @@ async def get_server(
     """One server with its status, load and health."""
     # Serialized directly, as the list is: validation against ServerOut would drop the
     # registration's extra fields, which the list shows.
-    return JsonResponse(present.server_out(await coordinator.get_server(server_id)))
+    return JsonResponse(present.server_out(await coordinator.fleet.get_server(server_id)))
 
 
 @router.put(
@@ -132,7 +132,8 @@ async def set_maintenance(
     it finish (`state` shows `draining`, then `maintenance`), its health checks go on and it
     is never removed automatically. `enabled: false` returns it to rotation after its next
     passing health check."""
-    server = await coordinator.set_maintenance(server_id, enabled=body.enabled, reason=body.reason)
+    maintenance = coordinator.fleet.set_maintenance
+    server = await maintenance(server_id, enabled=body.enabled, reason=body.reason)
     return JsonResponse(present.server_out(server))
 
 
@@ -149,12 +150,12 @@ async def heartbeat(
 ) -> dict[str, Any]:
     """Record a heartbeat (the server's own `service` token, or an admin); may carry load."""
     load = body.model_dump() if body is not None and body.model_extra else None
-    server = await coordinator.heartbeat(server_id, principal=principal, load=load)
+    server = await coordinator.fleet.heartbeat(server_id, principal=principal, load=load)
     return {
         "id": server.id,
         "success": True,
         "lastHeartbeat": present.iso(server.last_heartbeat),
-        "token": coordinator.renewed_server_token(server, principal),
+        "token": coordinator.fleet.renewed_server_token(server, principal),
     }
 
 
@@ -163,5 +164,5 @@ async def delete_server(
     server_id: ServerId, coordinator: CoordinatorDep, _admin: AdminDep
 ) -> dict[str, Any]:
     """Remove a server; its running tasks go back to the queue."""
-    await coordinator.delete_server(server_id)
+    await coordinator.fleet.delete_server(server_id)
     return {"id": server_id, "success": True}

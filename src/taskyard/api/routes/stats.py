@@ -12,7 +12,6 @@ from taskyard.api.errors import documented
 from taskyard.api.responses import JsonResponse
 from taskyard.api.schemas import ID_PATTERN
 from taskyard.api.stats_schemas import HourlyOut, ServerStatsOut, StatsOut
-from taskyard.domain.models import now_ms
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
@@ -24,13 +23,15 @@ async def overview(coordinator: CoordinatorDep, _admin: AdminDep) -> JsonRespons
     """Counts by status, queue and capacity per model, throughput over the last 1 min, 15 min
     and 1 h, attempt outcomes over the last hour, queue wait and processing percentiles over
     the last 15 min, servers, and models that wait with no server."""
-    return JsonResponse(present.stats_out(await coordinator.stats.overview(now=now_ms())))
+    overview = await coordinator.stats.overview(now=coordinator.clock.now_ms())
+    return JsonResponse(present.stats_out(overview))
 
 
 @router.get("/hourly", response_model=HourlyOut, responses=_ERRORS)
 async def hourly(coordinator: CoordinatorDep, _admin: AdminDep) -> JsonResponse:
     """The last 24 hours, one entry per hour: created, finished, failed, mean processing."""
-    return JsonResponse(present.hourly_out(await coordinator.stats.hourly(now=now_ms())))
+    hours = await coordinator.stats.hourly(now=coordinator.clock.now_ms())
+    return JsonResponse(present.hourly_out(hours))
 
 
 @router.get(
@@ -46,7 +47,8 @@ async def server_stats(
 ) -> JsonResponse:
     """One server: attempts, successes and failures by errorCode over the window, latency
     percentiles of its results, in-flight, state and last error, and its recent attempts."""
-    server = await coordinator.get_server(server_id)
-    stats = await coordinator.stats.server(server, now=now_ms(), window_min=window_min)
+    server = await coordinator.fleet.get_server(server_id)
+    now = coordinator.clock.now_ms()
+    stats = await coordinator.stats.server(server, now=now, window_min=window_min)
     recent = await coordinator.stats.recent_attempts(server_id)
     return JsonResponse(present.server_stats_out(stats, recent))

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from taskyard import auth
 from taskyard.api import present
 from taskyard.api.deps import AdminOrServiceDep, ClientDep, CoordinatorDep, PrincipalDep
 from taskyard.api.errors import documented
@@ -22,8 +21,10 @@ from taskyard.api.schemas import (
     TaskOut,
     TaskResultIn,
 )
+from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import JSON, TaskOptions, TaskStatus
-from taskyard.domain.service import Coordinator, Report
+from taskyard.domain.principal import Principal
+from taskyard.domain.reports import Report
 from taskyard.ratelimit import limited
 
 router = APIRouter(prefix="/api/task", tags=["tasks"])
@@ -78,7 +79,7 @@ async def create_task(
 async def create_and_answer(
     state: Any,
     coordinator: Coordinator,
-    principal: auth.Principal,
+    principal: Principal,
     body: JSON,
     options: TaskOptions,
     *,
@@ -88,14 +89,14 @@ async def create_and_answer(
     counted among the user's open long polls from before the create: over the limit, the
     create is refused and nothing is stored."""
     with state.open_waits.hold(principal) if wait_s > 0 else contextlib.nullcontext():
-        task = await coordinator.create_task(
+        task = await coordinator.tasks.create_task(
             owner=principal.sub, request=body, options=options, capped=limited(principal)
         )
-        warnings = await coordinator.create_warnings(task)
+        warnings = await coordinator.reads.create_warnings(task)
         if wait_s <= 0:
             return JsonResponse(present.task_out(task, warnings=warnings))
-        task = await coordinator.wait_task(task.id, principal=principal, wait_s=wait_s)
-    waiting = await coordinator.why_waiting(task)
+        task = await coordinator.reads.wait_task(task.id, principal=principal, wait_s=wait_s)
+    waiting = await coordinator.reads.why_waiting(task)
     return JsonResponse(present.task_out(task, waiting=waiting, warnings=warnings))
 
 
@@ -118,10 +119,10 @@ async def get_task(
     A WAITING task says why it waits (`taskDetails.waiting`)."""
     if wait > 0:
         with request.app.state.open_waits.hold(principal):
-            task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
+            task = await coordinator.reads.wait_task(task_id, principal=principal, wait_s=wait)
     else:
-        task = await coordinator.get_task(task_id, principal=principal)
-    return JsonResponse(present.task_out(task, waiting=await coordinator.why_waiting(task)))
+        task = await coordinator.reads.get_task(task_id, principal=principal)
+    return JsonResponse(present.task_out(task, waiting=await coordinator.reads.why_waiting(task)))
 
 
 @router.put(
@@ -140,7 +141,7 @@ async def report_task(
         progress=body.metadata.progress,
         message=body.metadata.message,
     )
-    task = await coordinator.report(task_id, report, principal=principal)
+    task = await coordinator.tasks.report(task_id, report, principal=principal)
     return JsonResponse(present.task_out(task))
 
 
@@ -153,7 +154,7 @@ async def cancel_task(
     task_id: TaskId, coordinator: CoordinatorDep, principal: ClientDep
 ) -> JsonResponse:
     """Cancel a waiting or running task (its owner or an admin)."""
-    task = await coordinator.cancel_task(task_id, principal=principal)
+    task = await coordinator.tasks.cancel_task(task_id, principal=principal)
     return JsonResponse(present.task_out(task))
 
 
@@ -180,5 +181,5 @@ async def retry_task(
 ) -> JsonResponse:
     """Send a FAILED or CANCELLED task back to the queue (its owner or an admin): the same id,
     a fresh attempt budget (and queue timeout), its earlier attempts kept in the history."""
-    task = await coordinator.retry_task(task_id, principal=principal)
-    return JsonResponse(present.task_out(task, waiting=await coordinator.why_waiting(task)))
+    task = await coordinator.tasks.retry_task(task_id, principal=principal)
+    return JsonResponse(present.task_out(task, waiting=await coordinator.reads.why_waiting(task)))
