@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 
 from taskyard import errors
-from taskyard.config import Settings
+from taskyard.config import Settings, default_of
 from taskyard.domain.principal import Principal as Principal  # re-exported: callers use it
 from taskyard.jsonsafe import storable_text
 from taskyard.keys import JwksSource, KeyRing, SigningKey, parse_secrets, signing_kid
@@ -29,18 +29,17 @@ from taskyard.roles import SERVICE as SERVICE
 from taskyard.roles import USER as USER
 
 ALGORITHMS = ["HS256"]  # what taskyard signs with; never "none" (pyjwt refuses unlisted ones)
-SERVER_TOKEN_TTL_S = 24 * 3600.0  # the token a backend gets at registration and by heartbeat
-DEFAULT_LEEWAY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class TokenPolicy:
     """Claims checked beyond the signature: `iss` and `aud` when set (taskyard's own tokens
-    then carry them too), and the clock skew allowed on `exp`, `nbf` and `iat`."""
+    then carry them too), and the clock skew allowed on `exp`, `nbf` and `iat`. Unset, each
+    is the setting's default (TASKYARD_JWT_ISSUER, _AUDIENCE, _LEEWAY_S)."""
 
-    issuer: str = ""
-    audience: str = ""
-    leeway_s: float = DEFAULT_LEEWAY_S
+    issuer: str = default_of("jwt_issuer")
+    audience: str = default_of("jwt_audience")
+    leeway_s: float = default_of("jwt_leeway_s")
 
 
 class UnknownKey(errors.Unauthorized):
@@ -87,7 +86,7 @@ class JwtIssuer:
         self,
         key: str | SigningKey,
         *,
-        server_token_ttl_s: float = SERVER_TOKEN_TTL_S,
+        server_token_ttl_s: float = default_of("server_token_ttl_s"),
         policy: TokenPolicy | None = None,
     ) -> None:
         self._key = key

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
 
+from taskyard.config import default_of
 from taskyard.domain.dispatch import is_retryable_status
 from taskyard.domain.ports import CancelReply, HealthReply, PredictReply, ReplyKind
 from taskyard.jsonsafe import depth_over, unstorable_number
@@ -44,7 +45,7 @@ class AiohttpBackendClient:
     def __init__(
         self,
         *,
-        max_response_bytes: int = 10_485_760,
+        max_response_bytes: int = default_of("max_backend_response_bytes"),
         connections: int = 0,
         node_id: str = "",
         guard: NetworkGuard | None = None,

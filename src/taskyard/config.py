@@ -10,9 +10,10 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskyard.keys import parse_secrets, signing_kid
@@ -22,6 +23,9 @@ from taskyard.ratelimit import parse_rates
 MIN_SECRET_LENGTH = 32  # characters; HS256 wants at least 256 bits of key
 MIN_METRICS_TOKEN_LENGTH = 16
 DEV_SECRET_NAME = "dev-secret"
+# The API's bound on `?wait=` (its OpenAPI document and the SDK's `MAX_WAIT_S` say it too): the
+# longest any long poll may be; TASKYARD_LONG_POLL_MAX_S may only shorten it.
+MAX_LONG_POLL_S = 60.0
 
 
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
@@ -37,116 +41,293 @@ def parse_origins(value: str) -> list[str]:
     return origins
 
 
+def _extra(*, shown: str = "", secret: bool = False, see: str = "") -> JsonDict:
+    """A setting's documentation beyond its description (`cli/settings.py` renders it):
+    `shown`, its default in words when it depends on TASKYARD_ENV or the machine; `secret`,
+    its value is never shown; `see`, the doc section that explains it."""
+    extra: JsonDict = {}
+    if shown:
+        extra["shown"] = shown
+    if secret:
+        extra["secret"] = True
+    if see:
+        extra["see"] = see
+    return extra
+
+
 class InsecureConfig(ValueError):
     """The configuration is unsafe for production."""
 
 
 class Settings(BaseSettings):
-    """taskyard's configuration; defaults are the seed's values."""
+    """taskyard's configuration; defaults are the seed's values.
+
+    Each field's default and one-line `description` are stated here only: `taskyard serve
+    --help` and the README's table (`taskyard settings`) are made from them, and code that runs
+    without a `Settings` (a test, a tool) takes a default with `default_of`. `extra` says what a
+    plain default cannot: a default in words, a secret (its value never shown), a doc section.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TASKYARD_", extra="ignore")
 
-    env: Literal["development", "production"] = "development"
-    host: str = "127.0.0.1"
-    port: int = Field(8787, ge=0, le=65535)
-    public_url: str = ""  # base of callback URLs; defaults to http://host:port
-    node_id: str = Field("", max_length=64)  # this node's name; default host name + random
-    database_url: str = "sqlite:///./taskyard.db"
-    jwt_secret: str = ""
-    # Keys and tokens (auth.py, keys.py; docs/deploy.md "Keys and tokens"). HS256 secrets by
-    # `kid`: "kid1:secret1,kid2:secret2"; the signing one named by jwt_signing_kid. Secrets:
-    # never logged.
-    jwt_secrets: str = Field("", repr=False)
-    jwt_signing_kid: str = ""
-    jwks_url: str = ""  # RS256/ES256 public keys: an http(s) URL or a file path
-    jwks_refetch_min_s: float = Field(30.0, gt=0)  # at most one fetch (unknown kid) per this
-    jwt_issuer: str = ""  # when set: required `iss` (taskyard's own tokens carry it)
-    jwt_audience: str = ""  # when set: required `aud` (likewise)
-    jwt_leeway_s: float = Field(30.0, ge=0, le=300)  # clock skew allowed on exp, nbf, iat
-    server_token_ttl_s: float = Field(24 * 3600.0, gt=0)  # renewed by every heartbeat
-    db_pool_size: int = Field(20, ge=1, le=1000)  # PostgreSQL connections per node
-    # SQLite's durability (docs/deploy.md "SQLite durability"): `full` (the default) makes
-    # every acknowledged write survive power loss; `normal` (WAL without an fsync per commit)
-    # survives a crash or kill -9 of taskyard but may lose the last commits to power loss.
-    sqlite_synchronous: Literal["full", "normal"] = "full"
-    log_format: Literal["text", "json"] = "text"  # json: one object per line (logs.py)
-    # A static bearer token for Prometheus scrapes of /metrics (admin JWTs work too); empty =
-    # admin tokens only. A secret: never logged.
-    metrics_token: str = Field("", repr=False)
-    # Browsers on these origins may call the API (comma-separated, e.g.
-    # https://app.example.com; `*` = any origin, without credentials); empty = no CORS.
-    cors_origins: str = ""
-    # The SSRF guard (netguard.py; docs/deploy.md "Backend addresses"): CIDRs that server
-    # endpoints may reach although they are loopback, private, link-local, …; development
-    # adds loopback.
-    allowed_backend_networks: str = ""
-    # Limits per user `sub` (api/ratelimit.py; docs/deploy.md "Rate limits and quotas"); admins
-    # and backends are never limited. Rates are `limits` strings ("100/second;2000/minute"),
-    # empty = none; 0 = no cap. The counters: memory:// per node, or redis://… cluster-wide.
-    rate_limit_creates: str = "100/second"
-    rate_limit_requests: str = "200/second"
-    rate_limit_storage: str = "memory://"
-    max_unfinished_tasks: int = Field(10_000, ge=0)  # WAITING + PROCESSING, per user
-    max_open_waits: int = Field(100, ge=0)  # long polls (`?wait=`) open per user and node
-    docs: bool = True  # serve /docs and /redoc (/openapi.json is always served)
-    # Slow and greedy clients (cli/serving.py; docs/deploy.md "Slow clients and connection
-    # limits"): seconds to send a request head, and open connections per node.
-    head_timeout_s: float = Field(10.0, gt=0, le=300)
-    max_connections: int = Field(1000, ge=1)
-    # Processes serving on this machine (`serve --workers`, cli/workers.py; docs/deploy.md
-    # "Workers"): each a node of its own on the one database; 0 = one per core.
-    workers: int = Field(0, ge=0, le=256)
-    # Set by the supervisor of `serve --workers` for its workers on SQLite: where their change
-    # notices meet (storage/peerbus.py). Not for hand use.
-    worker_bus_dir: str = ""
-    # From SIGTERM to exit: sends in flight have this long to be answered (docs/deploy.md
-    # "Shutdown"); the process exits within it plus a second. A second signal stops at once.
-    shutdown_grace_s: float = Field(20.0, ge=0, le=600)
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` refuses a missing or short (< 32 chars) secret"
+    )
+    host: str = Field("127.0.0.1", description="the address to listen on")
+    port: int = Field(8787, ge=0, le=65535, description="the port to listen on")
+    public_url: str = Field(
+        "",
+        description="base of the callback URLs sent to backends",
+        json_schema_extra=_extra(shown="http://HOST:PORT"),
+    )
+    node_id: str = Field(
+        "",
+        max_length=64,
+        description="this node's name in `GET /api/nodes`, attempts and `X-Taskyard-Node`",
+        json_schema_extra=_extra(shown="host name + random suffix"),
+    )
+    database_url: str = Field(
+        "sqlite:///./taskyard.db", description="a SQLite file, or `postgresql://…`"
+    )
+    jwt_secret: str = Field(
+        "",
+        repr=False,
+        description="HS256 secret of tokens without `kid` (shared with token issuers); in"
+        " development without one, a secret kept in `~/.config/taskyard/dev-secret`"
+        " (`$XDG_CONFIG_HOME`, or the file `TASKYARD_DEV_SECRET_FILE` names)",
+        json_schema_extra=_extra(shown="generated in development", secret=True),
+    )
+    # Keys and tokens (auth.py, keys.py; docs/deploy.md "Keys and tokens"). Secrets: never logged.
+    jwt_secrets: str = Field(
+        "",
+        repr=False,
+        description="more HS256 secrets by `kid`: `kid1:secret1,kid2:secret2`",
+        json_schema_extra=_extra(secret=True, see="docs/deploy.md#keys-and-tokens"),
+    )
+    jwt_signing_kid: str = Field(
+        "",
+        description="the `kid` of `TASKYARD_JWT_SECRETS` that signs (optional when there is one)",
+    )
+    jwks_url: str = Field(
+        "", description="RS256/ES256 public keys: a JWKS at an http(s) URL or in a file"
+    )
+    jwks_refetch_min_s: float = Field(
+        30.0, gt=0, description="least time between two JWKS fetches (an unknown `kid` refetches)"
+    )
+    jwt_issuer: str = Field(
+        "", description="when set, a token's required `iss` (taskyard's own tokens carry it)"
+    )
+    jwt_audience: str = Field(
+        "", description="when set, a token's required `aud` (taskyard's own tokens carry it)"
+    )
+    jwt_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="clock skew allowed on `exp`, `nbf` and `iat`"
+    )
+    server_token_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="lifetime of a server token; each heartbeat returns a fresh one",
+    )
+    db_pool_size: int = Field(
+        20, ge=1, le=1000, description="PostgreSQL connections per node (plus one for LISTEN)"
+    )
+    # SQLite's durability (docs/deploy.md "SQLite durability"): `full` makes every acknowledged
+    # write survive power loss; `normal` (WAL without an fsync per commit) survives a crash or
+    # kill -9 of taskyard but may lose the last commits to power loss.
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="`full`: every acknowledged write survives power loss; `normal`: no fsync"
+        " per commit, survives a crash or kill -9 but not power loss",
+        json_schema_extra=_extra(see="docs/deploy.md#sqlite-durability"),
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: every line of output is one JSON object (`time`, `level`, `logger`,"
+        " `message`, and where known `request_id`, `task_id`, `server_id`, `node_id`)",
+    )
+    metrics_token: str = Field(
+        "",
+        repr=False,
+        description="a static bearer token (16+ chars) for Prometheus scrapes of `/metrics`;"
+        " admin JWTs work too; empty: admin JWTs only",
+        json_schema_extra=_extra(secret=True),
+    )
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins whose browsers may call the API, with credentials"
+        " (`*`: any, without); empty: no CORS",
+        json_schema_extra=_extra(see="docs/deploy.md#cors-and-security-headers"),
+    )
+    # The SSRF guard (netguard.py): development adds loopback.
+    allowed_backend_networks: str = Field(
+        "",
+        description="CIDRs server endpoints may reach although not public; every other"
+        " loopback, private, link-local, metadata… address is refused",
+        json_schema_extra=_extra(
+            shown="none (development: loopback)", see="docs/deploy.md#backend-addresses-ssrf-guard"
+        ),
+    )
+    # Limits per user `sub` (api/ratelimit.py); admins and backends are never limited. Rates
+    # are `limits` strings ("100/second;2000/minute").
+    rate_limit_creates: str = Field(
+        "100/second",
+        description="tasks a user may create (`100/second;2000/minute`); empty: no limit; 429"
+        " past it",
+        json_schema_extra=_extra(see="docs/deploy.md#rate-limits-and-quotas"),
+    )
+    rate_limit_requests: str = Field(
+        "200/second", description="other API requests a user may make; empty: no limit"
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="where the rate counters live: `memory://` per node, or"
+        " `redis://host:6379` for the whole cluster",
+    )
+    max_unfinished_tasks: int = Field(
+        10_000, ge=0, description="a user's WAITING + PROCESSING tasks; 0: no cap"
+    )
+    max_open_waits: int = Field(
+        100, ge=0, description="a user's open long polls (`?wait=`) per node; 0: no cap"
+    )
+    long_poll_max_s: float = Field(
+        MAX_LONG_POLL_S,
+        gt=0,
+        le=MAX_LONG_POLL_S,
+        description=f"the longest a long poll is held: a `?wait=` (at most {MAX_LONG_POLL_S:g})"
+        " above it is answered after this, with the task as it is then",
+    )
+    docs: bool = Field(True, description="serve `/docs` and `/redoc` (`/openapi.json` always)")
+    # Slow and greedy clients (cli/serving.py).
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request's line and headers must arrive within this, else 408 and closed",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="open connections per node; past it new ones are closed at once",
+        json_schema_extra=_extra(see="docs/deploy.md#slow-clients-and-connection-limits"),
+    )
+    # `serve --workers`, cli/workers.py: each worker a node of its own on the one database.
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="processes serving on this machine, each a node (`1`: a single process)",
+        json_schema_extra=_extra(shown="0: one per core", see="docs/deploy.md#workers"),
+    )
+    worker_bus_dir: str = Field(
+        "",
+        description="set by `serve --workers` for its workers on SQLite: where their change"
+        " notices meet (storage/peerbus.py); not for hand use",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        le=600,
+        description="from SIGTERM to exit: sends in flight have this long to be answered (a"
+        " second signal stops at once)",
+        json_schema_extra=_extra(see="docs/deploy.md#shutdown"),
+    )
 
-    # Health monitoring (SPEC §4), seconds.
-    health_timeout_s: float = Field(5.0, gt=0)
-    health_interval_min_s: float = Field(10.0, gt=0)
-    health_interval_max_s: float = Field(60.0, gt=0)
-    health_retries: int = Field(3, ge=0)
-    health_retry_delay_s: float = Field(2.0, ge=0)
-    health_backoff_after: int = Field(5, ge=0)  # successes before the interval grows
-    health_concurrency: int = Field(200, ge=1)  # checks in flight at once, all servers
-    offline_removal_s: float = Field(180.0, ge=0)  # offline this long → removed; 0: never
-    # Outlier ejection (domain/ejection.py): consecutive failed dispatches (connect errors,
-    # timeouts, 5xx) or refused tasks that eject a server, for a time doubling from
-    # eject_base_s to eject_max_s, reset after eject_reset_s back in rotation; at most
-    # eject_max_share of a model's servers are left out (past it: the panic threshold).
-    eject_after_failures: int = Field(3, ge=1)
-    eject_after_rejections: int = Field(3, ge=1)
-    eject_base_s: float = Field(30.0, gt=0)
-    eject_max_s: float = Field(300.0, gt=0)
-    eject_reset_s: float = Field(600.0, ge=0)
-    eject_max_share: float = Field(0.5, ge=0, le=1)
-    # A cancelled or timed-out attempt's slot stays counted until its backend lets go (cancel
-    # answer, late report) or this long past its deadline.
-    slot_grace_s: float = Field(30.0, ge=0)
-    cancel_timeout_s: float = Field(5.0, gt=0)
+    # Health monitoring (SPEC §4).
+    health_timeout_s: float = Field(5.0, gt=0, description="timeout of a health GET")
+    health_interval_min_s: float = Field(
+        10.0, gt=0, description="first and reset interval between a server's checks"
+    )
+    health_interval_max_s: float = Field(
+        60.0, gt=0, description="longest interval between a server's checks"
+    )
+    health_retries: int = Field(3, ge=0, description="network-error retries per check")
+    health_retry_delay_s: float = Field(2.0, ge=0, description="pause between those retries")
+    health_backoff_after: int = Field(
+        5, ge=0, description="passed checks in a row before the interval grows (by half)"
+    )
+    health_concurrency: int = Field(
+        200, ge=1, description="health checks in flight at once, all servers"
+    )
+    offline_removal_s: float = Field(
+        180.0,
+        ge=0,
+        description="a server offline this long is removed (0: never; never in maintenance or"
+        " with `autoRemove: false`)",
+    )
+    # Outlier ejection (domain/ejection.py).
+    eject_after_failures: int = Field(
+        3, ge=1, description="failed dispatches in a row (connect error, timeout, 5xx) that eject"
+    )
+    eject_after_rejections: int = Field(
+        3,
+        ge=1,
+        description="refused tasks in a row, while others ran the model, that eject (`rejecting`)",
+    )
+    eject_base_s: float = Field(
+        30.0, gt=0, description="the first ejection's length, doubling per ejection in a row"
+    )
+    eject_max_s: float = Field(300.0, gt=0, description="the longest ejection")
+    eject_reset_s: float = Field(
+        600.0, ge=0, description="this long back in rotation: the next ejection starts at the base"
+    )
+    eject_max_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="panic threshold: past this share of a model's servers ejected, ejected"
+        " ones take tasks again",
+    )
+    slot_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="a cancelled or timed-out attempt's slot stays counted until its backend"
+        " lets go, or this long past its deadline",
+    )
+    cancel_timeout_s: float = Field(
+        5.0, gt=0, description="timeout of a cancel POST to a server's `endpoints.cancel`"
+    )
 
     # Dispatch (SPEC §3).
-    task_timeout_s: float = Field(300.0, gt=0)  # default processing deadline per attempt
-    max_attempts: int = Field(3, ge=1)
-    retry_base_s: float = Field(1.0, ge=0)
-    retry_max_s: float = Field(30.0, ge=0)
-    dispatch_poll_s: float = Field(0.5, gt=0)  # fallback when nothing wakes the dispatcher
-    dispatch_batch: int = Field(256, ge=1)
+    task_timeout_s: float = Field(
+        300.0, gt=0, description="default processing deadline per attempt"
+    )
+    max_attempts: int = Field(3, ge=1, description="default attempt limit per task")
+    retry_base_s: float = Field(1.0, ge=0, description="first retry's backoff, doubling")
+    retry_max_s: float = Field(30.0, ge=0, description="longest retry backoff")
+    dispatch_poll_s: float = Field(
+        0.5, gt=0, description="dispatcher fallback poll and deadline sweep"
+    )
+    dispatch_batch: int = Field(256, ge=1, description="tasks claimed per dispatcher pass")
 
     # Limits (SPEC §8).
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    max_backend_response_bytes: int = Field(10_485_760, ge=1024)
-    result_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
-    chores_interval_s: float = Field(5.0, gt=0)
-    node_timeout_s: float = Field(30.0, gt=0)  # a coordinator unseen this long is dead
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger requests get 413")
+    max_backend_response_bytes: int = Field(
+        10_485_760,
+        ge=1024,
+        description="cap on a backend's answers (larger: the task fails, `response_too_large`,"
+        " not retried) and on callback bodies (413)",
+    )
+    result_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="finished tasks are purged after this"
+    )
+    chores_interval_s: float = Field(5.0, gt=0, description="housekeeping period")
+    node_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a node unseen this long is dead: its sends are retried, its health checks"
+        " and leases move (at least twice the chores interval)",
+    )
 
     # Seed compatibility: backends written for the seed sign their own `service` token with the
     # shared secret, bound to no server, and name the server in `metadata.server_id` of a PUT.
     # Such a token can report for any running task, so production refuses it unless this is
     # set; development allows it (unset = allowed in development only).
-    allow_unbound_service_tokens: bool | None = None
+    allow_unbound_service_tokens: bool | None = Field(
+        None,
+        description="seed compatibility: accept `service` tokens bound to no server, which"
+        " report for the server their body names",
+        json_schema_extra=_extra(shown="true in development, false in production"),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -203,12 +384,18 @@ class Settings(BaseSettings):
         return base.rstrip("/")
 
 
+def default_of(name: str) -> Any:
+    """The default of setting `name`, for code that runs without a `Settings` (a test, a tool):
+    the service passes its configured value; nobody writes the default a second time."""
+    return Settings.model_fields[name].default
+
+
 class _LogFormatOnly(BaseSettings):
     """Just TASKYARD_LOG_FORMAT, read before the rest of the settings are checked."""
 
     model_config = SettingsConfigDict(env_prefix="TASKYARD_", extra="ignore")
 
-    log_format: str = "text"
+    log_format: str = default_of("log_format")
 
 
 def early_log_format(flag: str | None) -> Literal["text", "json"]:

@@ -99,7 +99,7 @@ class JwksSource:
         self,
         location: str,
         *,
-        min_refetch_s: float = 30.0,
+        min_refetch_s: float,
         max_age_s: float = JWKS_MAX_AGE_S,
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,

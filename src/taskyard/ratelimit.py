@@ -63,7 +63,7 @@ def limited(principal: Principal) -> bool:
 class RateLimiter:
     """The two request buckets; `check` raises `errors.RateLimited` when one is exhausted."""
 
-    def __init__(self, *, creates: str, requests: str, storage_url: str = "memory://") -> None:
+    def __init__(self, *, creates: str, requests: str, storage_url: str) -> None:
         self.creates = parse_rates(creates, "TASKYARD_RATE_LIMIT_CREATES")
         self.requests = parse_rates(requests, "TASKYARD_RATE_LIMIT_REQUESTS")
         url = async_storage_url(storage_url)

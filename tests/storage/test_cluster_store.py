@@ -44,7 +44,7 @@ def planner(node: str, *, now: int) -> ClaimPlan:
             lifecycle.start_attempt(
                 a.task, server_id=a.server.id, node_id=node, callback_url="http://cb", now=now
             )[0]
-            for a in dispatch.assign(tasks, online, random.Random(0))
+            for a in dispatch.assign(tasks, online, random.Random(0), max_ejected_share=0.5)
         ]
 
     return plan
@@ -136,7 +136,7 @@ def test_factories_make_claimable_rows() -> None:
     server = make_server("gpu", max_concurrency=3)
     task = make_task()
     assert server.status is ServerStatus.ONLINE and task.status is TaskStatus.WAITING
-    assert dispatch.assign([task, replace(task, id="t2")], [server])
+    assert dispatch.assign([task, replace(task, id="t2")], [server], max_ejected_share=0.5)
 
 
 async def test_a_node_listens_again_after_losing_its_connection(postgres_database_url: str) -> None:

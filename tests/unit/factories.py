@@ -39,5 +39,6 @@ def make_server(server_id: str = "s1", **overrides: Any) -> Server:
         weight=1.0,
         status=ServerStatus.ONLINE,
         registered_at=0,
+        check_interval_s=10.0,
     )
     return replace(server, **overrides)

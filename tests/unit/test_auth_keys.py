@@ -149,7 +149,7 @@ def test_expiry_leeway_is_the_configured_one() -> None:
 def file_ring(tmp_path: Path, *entries: dict[str, Any]) -> KeyRing:
     path = tmp_path / "jwks.json"
     path.write_bytes(jwks_document(*entries))
-    return KeyRing(secret=LEGACY, jwks=JwksSource(str(path)))
+    return KeyRing(secret=LEGACY, jwks=JwksSource(str(path), min_refetch_s=30))
 
 
 async def test_hs256_token_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ async def test_a_key_dropped_from_the_jwks_stops_working_once_the_keys_are_stale
 
 async def test_an_unreachable_jwks_keeps_the_shared_secret_working(tmp_path: Path) -> None:
     verifier = auth.TokenVerifier(
-        KeyRing(secret=LEGACY, jwks=JwksSource(str(tmp_path / "missing.json")))
+        KeyRing(secret=LEGACY, jwks=JwksSource(str(tmp_path / "missing.json"), min_refetch_s=30))
     )
     await verifier.start()  # logs a warning, does not raise
     assert (await verifier.verify_async(hs(LEGACY))).sub == "alice"

@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from taskyard import auth, errors
+from taskyard.config import default_of
 
 SECRET = "s" * 40
 
@@ -56,9 +57,10 @@ def test_bad_tokens_are_refused(tok: str) -> None:
 
 
 def test_issuer_server_token_claims() -> None:
-    """The registration token: bound to its server, valid for a year, nothing more."""
+    """The registration token: bound to its server, valid for TASKYARD_SERVER_TOKEN_TTL_S
+    (its default when the issuer is given none), nothing more."""
     claims = jwt.decode(auth.JwtIssuer(SECRET).server_token("gpu-1"), SECRET, ["HS256"])
-    assert claims.pop("exp") - claims.pop("iat") == auth.SERVER_TOKEN_TTL_S
+    assert claims.pop("exp") - claims.pop("iat") == default_of("server_token_ttl_s")
     assert claims == {"sub": "server:gpu-1", "roles": ["service"], "srv": "gpu-1"}
 
 

@@ -151,6 +151,7 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
         storage_url=settings.rate_limit_storage,
     )
     app.state.open_waits = OpenWaits(settings.max_open_waits)
+    app.state.long_poll_max_s = settings.long_poll_max_s
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)

@@ -13,9 +13,8 @@ import logging
 import math
 import os
 import sys
-import types
 from collections.abc import Callable
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from taskyard import auth, logs
 from taskyard.cli._common import EXIT_CODES
 from taskyard.cli.servers import servers
+from taskyard.cli.settings import settings, settings_options
 from taskyard.cli.stats import stats
 from taskyard.cli.tasks import tasks
 from taskyard.config import Settings, early_log_format, resolve_secret
@@ -64,33 +64,6 @@ def _configured(
     return settings, f"the development secret in {path}" + (" (created now)" if created else "")
 
 
-def _click_type(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    if get_origin(annotation) is not None:  # Literal[...]
-        return click.Choice([str(a) for a in get_args(annotation)])
-    return {bool: bool, int: int, float: float}.get(annotation, str)
-
-
-# Defaults said in words: those that depend on TASKYARD_ENV or on the machine.
-_SHOWN_DEFAULTS = {
-    "workers": "0 (one per core)",
-    "jwt_secret": "(generated in development)",
-    "allow_unbound_service_tokens": "true in development, false in production",
-}
-
-
-def settings_options(func: Any) -> Any:
-    """One `--flag` per Settings field, documented with its environment variable."""
-    for name, field in reversed(list(Settings.model_fields.items())):
-        flag = "--" + name.replace("_", "-")
-        env = f"TASKYARD_{name.upper()}"
-        shown = _SHOWN_DEFAULTS.get(name, field.default)
-        help_text = f"[env: {env}; default: {shown}]"
-        func = click.option(flag, name, type=_click_type(field.annotation), help=help_text)(func)
-    return func
-
-
 @click.group(epilog=f"tasks, servers, stats: {EXIT_CODES}")
 @click.version_option(package_name="taskyard")
 def main() -> None:
@@ -104,12 +77,24 @@ main.add_command(tasks)
 main.add_command(mock_backend)
 main.add_command(servers)
 main.add_command(stats)
+main.add_command(settings)
 
 
 @main.command()
 @settings_options
-@click.option("--log-level", default="info", show_default=True, envvar="TASKYARD_LOG_LEVEL")
-@click.option("--access-log/--no-access-log", default=False, envvar="TASKYARD_ACCESS_LOG")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="TASKYARD_LOG_LEVEL",
+    help="trace, debug, info, warning, error or critical [env: TASKYARD_LOG_LEVEL]",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    envvar="TASKYARD_ACCESS_LOG",
+    help="log one line per request [env: TASKYARD_ACCESS_LOG; default: off]",
+)
 # A worker of `serve --workers N` serves on the socket its supervisor bound (cli/workers.py).
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 def serve(log_level: str, access_log: bool, worker_fd: int | None, **overrides: Any) -> None:
@@ -212,8 +197,11 @@ def _command() -> str:
     return relative if not relative.startswith("..") else invoked
 
 
+_DATABASE_HELP = "the database [env: TASKYARD_DATABASE_URL; default: as serve's]"
+
+
 @main.command()
-@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None)
+@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None, help=_DATABASE_HELP)
 def migrate(database_url: str | None) -> None:
     """Apply the database migrations (serve also does this at start)."""
     from taskyard.storage.migrate import upgrade
@@ -235,7 +223,12 @@ def migrate(database_url: str | None) -> None:
 @click.option("--sub", required=True, help="the principal's name")
 @click.option("--ttl", type=float, default=3600.0, show_default=True, help="seconds")
 @click.option("--server-id", default=None, help="bind a service token to one server")
-@click.option("--jwt-secret", envvar="TASKYARD_JWT_SECRET", default=None)
+@click.option(
+    "--jwt-secret",
+    envvar="TASKYARD_JWT_SECRET",
+    default=None,
+    help="the shared secret to sign with [env: TASKYARD_JWT_SECRET; default: serve's signing key]",
+)
 def token(
     roles: tuple[str, ...], sub: str, ttl: float, server_id: str | None, jwt_secret: str | None
 ) -> None:
@@ -257,7 +250,7 @@ def token(
 
 
 @main.command()
-@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None)
+@click.option("--database-url", envvar="TASKYARD_DATABASE_URL", default=None, help=_DATABASE_HELP)
 def check(database_url: str | None) -> None:
     """Exit 0 when the database answers, 1 when it does not."""
     from taskyard.storage.sql import SqlStore

@@ -100,12 +100,16 @@ def get_server(api: Api, server_id: str) -> None:
 @click.option("--predict", required=True, help="the predict URL")
 @click.option("--health", help="the health URL (GET, 2xx = healthy)")
 @click.option("--cancel", help="the cancel URL, called when a running task is cancelled")
-@click.option("--name")
-@click.option("--provider")
+@click.option("--name", help="a name for people (the dashboard, `servers ls`)")
+@click.option("--provider", help="who runs it, for people")
 @click.option("--async", "is_async", is_flag=True, help="the backend answers 202 and calls back")
 @click.option("--max-concurrency", type=click.IntRange(1, 100_000), help="default 1")
 @click.option("--model", "models", multiple=True, help="repeatable; none: serves any model")
-@click.option("--weight", type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--weight",
+    type=click.FloatRange(min=0, min_open=True),
+    help="ties on load go to the server of higher weight; default 1",
+)
 @click.option("--auto-remove/--no-auto-remove", default=None, help="remove it once long offline")
 @click.option(
     "--api-key",

@@ -26,8 +26,6 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-HEAD_TIMEOUT_S = 10.0  # seconds to send a request line and its headers
-MAX_CONNECTIONS = 1000  # open connections per node (keep well under `ulimit -n`)
 HURRIED_EXIT_S = 2.0  # after a second stop signal, the process is gone within this
 GC_THRESHOLDS = (20_000, 20, 100)  # the collector's, once started (`settle_gc`)
 
@@ -44,10 +42,11 @@ _REQUEST_TIMEOUT = (
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` (uvicorn's default with uvicorn[standard]) with the guards above.
-    Build a configured subclass with `guarded_protocol()`."""
+    Build a configured subclass with `guarded_protocol()`, which sets the two limits
+    (TASKYARD_HEAD_TIMEOUT_S, TASKYARD_MAX_CONNECTIONS)."""
 
-    head_timeout_s: float = HEAD_TIMEOUT_S
-    max_connections: int = MAX_CONNECTIONS
+    head_timeout_s: float  # seconds to send a request line and its headers
+    max_connections: int  # open connections per node (keep well under `ulimit -n`)
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -11,7 +11,13 @@ from taskyard.cli._common import EXIT_CODES, Api, api_command, print_json, stdou
 @click.command("stats", epilog=EXIT_CODES)
 @click.option("--hourly", is_flag=True, help="the last 24 hours, one row per hour")
 @click.option("--server", "server_id", help="one server's attempts, failures and latency")
-@click.option("--window-min", type=click.IntRange(1, 1440), default=60, show_default=True)
+@click.option(
+    "--window-min",
+    type=click.IntRange(1, 1440),
+    default=60,
+    show_default=True,
+    help="with --server: the minutes counted",
+)
 @api_command
 def stats(api: Api, hourly: bool, server_id: str | None, window_min: int) -> None:
     """Show statistics (admin). JSON: the answer of /api/stats, /api/stats/hourly or

@@ -42,7 +42,7 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="repeatable"
         ),
-        click.option("--model"),
+        click.option("--model", help="tasks of this model"),
         click.option("--server", "server_id", help="tasks that ran on this server"),
         click.option("--owner", help="admin only (a user sees its own tasks only)"),
         click.option("--error-code", help="e.g. timeout, backend_error"),
@@ -204,7 +204,7 @@ def _field(pair: str) -> tuple[str, Any]:
 )
 @click.option("--priority", type=click.IntRange(-1000, 1000), help="higher runs first")
 @click.option("--timeout-s", type=float, help="processing deadline per attempt")
-@click.option("--max-attempts", type=click.IntRange(1, 100))
+@click.option("--max-attempts", type=click.IntRange(1, 100), help="default: the node's setting")
 @click.option("--queue-timeout-s", type=float, help="fail if not started by then")
 @click.option("--wait", "follow", is_flag=True, help="follow the task(s) until final")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), help="seconds; default: no limit")

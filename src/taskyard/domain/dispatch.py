@@ -22,7 +22,7 @@ def assign(
     rng: random.Random | None = None,
     *,
     now: int = 0,
-    max_ejected_share: float = 0.5,
+    max_ejected_share: float,
 ) -> list[Assignment]:
     """Give each task (in the order given: priority, then FIFO) the least-loaded eligible server.
 

@@ -159,6 +159,7 @@ class Server:
     weight: float
     status: ServerStatus
     registered_at: int
+    check_interval_s: float  # health checks' base interval (the health_interval_min_s setting)
     last_heartbeat: int | None = None
     last_check_at: int | None = None
     last_success_at: int | None = None
@@ -166,7 +167,6 @@ class Server:
     consecutive_successes: int = 0
     consecutive_failures: int = 0
     dispatch_failures: int = 0
-    check_interval_s: float = 10.0
     next_check_at: int = 0
     last_error: str | None = None
     reported_load: JSON | None = None

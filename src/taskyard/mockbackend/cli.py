@@ -14,11 +14,19 @@ from taskyard.mockbackend.state import MockConfig
 
 
 @click.command("mock-backend")
-@click.option("--port", type=int, required=True)
-@click.option("--server-id", required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--delay-ms", type=float, default=0.0, show_default=True)
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--port", type=int, required=True, help="the port to listen on")
+@click.option("--server-id", required=True, help="the id it answers as (in /info, callbacks)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option(
+    "--delay-ms", type=float, default=0.0, show_default=True, help="time taken per predict"
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="share of predicts answered with a 500",
+)
 @click.option("--async", "force_async", is_flag=True, help="always answer 202 and call back")
 @click.option("--seed", type=int, default=None, help="seed for the error injection")
 @click.option(

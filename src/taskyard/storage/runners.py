@@ -31,8 +31,7 @@ T = TypeVar("T")
 SyncOp = Callable[[Connection], Any]
 Synchronous = Literal["full", "normal"]  # SQLite's PRAGMA synchronous (Settings)
 
-DEFAULT_POOL_SIZE = 20  # PostgreSQL connections per coordinator
-FETCH_POOL_SIZE = 4  # ...and for the hot reads (`AsyncRunner.fetch`), opened as needed
+FETCH_POOL_SIZE = 4  # PostgreSQL connections for the hot reads (`AsyncRunner.fetch`), as needed
 FETCH_ACQUIRE_TIMEOUT_S = 30.0  # as the main pool's `pool_timeout`
 GIL_SWITCH_INTERVAL_S = 0.0005
 
@@ -72,12 +71,15 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
-    """An async engine (migrations, and PostgreSQL at run time)."""
+def create_engine(url: str, *, pool_size: int = 1) -> AsyncEngine:
+    """An async engine: for PostgreSQL at run time (`open_runner` passes the node's pool size),
+    and for migrations and tools, which use one connection. On SQLite (migrations only: a node
+    runs `SqliteRunner`) every commit is fsynced, whatever TASKYARD_SQLITE_SYNCHRONOUS says."""
     url = async_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        pragmas = functools.partial(_sqlite_pragmas, synchronous="full")
+        event.listen(engine.sync_engine, "connect", pragmas)
         return engine
     # A fixed pool: overflow connections would be opened and closed again under load, each a
     # new PostgreSQL backend process. No pre-ping either, which would double every query's
@@ -88,15 +90,13 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
     )
 
 
-def open_runner(
-    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, sqlite_synchronous: Synchronous = "full"
-) -> Runner:
+def open_runner(url: str, *, pool_size: int, sqlite_synchronous: Synchronous) -> Runner:
     if make_url(url).get_backend_name() == "sqlite":
         return SqliteRunner(url, synchronous=sqlite_synchronous)
     return AsyncRunner(create_engine(url, pool_size=pool_size))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: Synchronous = "full") -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, synchronous: Synchronous) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
     # FULL: a commit survives power loss, not just a crash. NORMAL (in WAL mode): no fsync at
@@ -182,7 +182,7 @@ def _commit(commit: Callable[[], Any]) -> Any:
 class SqliteRunner:
     dialect = "sqlite"
 
-    def __init__(self, url: str, *, synchronous: Synchronous = "full") -> None:
+    def __init__(self, url: str, *, synchronous: Synchronous) -> None:
         self.synchronous = synchronous
         pragmas = functools.partial(_sqlite_pragmas, synchronous=synchronous)
         sync_url = make_url(url).set(drivername="sqlite+pysqlite")

@@ -36,7 +36,6 @@ from taskyard.storage import rows as rowmap  # (`rows` is a common local name he
 from taskyard.storage.batcher import GroupCommitter
 from taskyard.storage.direct import Statement
 from taskyard.storage.runners import (
-    DEFAULT_POOL_SIZE,
     Runner,
     Synchronous,
     async_url,
@@ -53,6 +52,14 @@ from taskyard.storage.tables import (
 )
 
 __all__ = ["SqlStore", "async_url", "create_engine"]
+
+
+def _setting_default(name: str) -> Any:
+    # Imported when needed only: the settings' dependencies (pydantic-settings, PyJWT, limits)
+    # take half a second to load, and a node has loaded them already when it gets here.
+    from taskyard.config import default_of
+
+    return default_of(name)
 
 
 _UNFINISHED = "taskyard_unfinished"  # Connection.info: owner → unfinished tasks, this transaction
@@ -79,11 +86,17 @@ class SqlStore:
         cls,
         url: str,
         *,
-        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_size: int | None = None,
         node_id: str = "",
-        sqlite_synchronous: Synchronous = "full",
+        sqlite_synchronous: Synchronous | None = None,
     ) -> SqlStore:
-        runner = open_runner(url, pool_size=pool_size, sqlite_synchronous=sqlite_synchronous)
+        """The store at `url`. A node passes its settings (TASKYARD_DB_POOL_SIZE,
+        TASKYARD_SQLITE_SYNCHRONOUS); a test or a tool that leaves one out gets its default."""
+        runner = open_runner(
+            url,
+            pool_size=pool_size if pool_size is not None else _setting_default("db_pool_size"),
+            sqlite_synchronous=sqlite_synchronous or _setting_default("sqlite_synchronous"),
+        )
         return cls(runner, node_id=node_id)
 
     async def _transaction(self, ops: list[Any]) -> list[Any]:
