@@ -1,6 +1,6 @@
 """The store's cluster primitives on real databases: claims under the dispatch lock, leases,
 and change notices between nodes. Several `SqlStore`s on one database stand in for nodes.
-What one store does alone (and `MemoryStore` must do too) is in test_store_contract.py."""
+What one store does alone (and `MemoryStore` must do too) is in contract/."""
 
 from __future__ import annotations
 

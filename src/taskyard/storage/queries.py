@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    Table,
     and_,
     bindparam,
     func,
@@ -236,7 +237,7 @@ def update_statement(
         stmt = stmt.where(tasks.c.attempt == bindparam("w_attempt"))
     if by_server:
         stmt = stmt.where(tasks.c.server_id == bindparam("w_server"))
-    return Statement(stmt.values({column: bindparam(f"v_{column}") for column in columns}))
+    return Statement(stmt.values(_set(tasks, {c: bindparam(f"v_{c}") for c in columns})))
 
 
 @functools.lru_cache(maxsize=8)
@@ -257,5 +258,12 @@ def server_update(
     if by_revision:
         stmt = stmt.where(servers.c.revision == bindparam("_revision"))
     for column in expect:
-        stmt = stmt.where(servers.c[column] == bindparam(f"_expect_{column}"))
-    return Statement(stmt.values({column: bindparam(column) for column in columns}))
+        # NULL-safe: an expected None is a value like any other.
+        stmt = stmt.where(servers.c[column].is_not_distinct_from(bindparam(f"_expect_{column}")))
+    return Statement(stmt.values(_set(servers, {c: bindparam(c) for c in columns})))
+
+
+def _set(table: Table, values: dict[Any, Any]) -> dict[Any, Any]:
+    """An UPDATE's SET clause; `id = id` for a change of nothing, which then still tells
+    whether its conditions matched (an empty SET is no SQL)."""
+    return values or {table.c.id: table.c.id}

@@ -2,7 +2,7 @@
 
 It keeps SqlStore's semantics (conditional updates, claims on fresh data with exact in-flight
 counts, the queue and sweep orders, leases, nodes), so domain logic can be tested in
-milliseconds without a database; `tests/storage/test_store_contract.py` runs the same tests on
+milliseconds without a database; `tests/storage/contract/` runs the same tests on
 both to keep it honest. What only a database shows (locking, several processes, durability,
 query plans) stays with the real stores and processes.
 
@@ -296,9 +296,10 @@ class MemoryStore:
     async def prune_tallies(self, *, before: int) -> int:
         await _turn()
         kept = [t for t in self._tallies if t.minute >= before]
-        pruned = len(self._tallies) - len(kept)
+        # SqlStore counts rollup rows: one per minute and group, however many tallies.
+        pruned = {_rollup_key(t) for t in self._tallies if t.minute < before}
         self._tallies = kept
-        return pruned
+        return len(pruned)
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -483,6 +484,11 @@ def _matches(task: Task, query: TaskQuery) -> bool:
     if query.created_before is not None and task.created_at >= query.created_before:
         return False
     return query.before is None or (task.created_at, task.id) < query.before
+
+
+def _rollup_key(tally: Tally) -> tuple[Any, ...]:
+    """The statistics row a tally is summed into (one node: the node is left out)."""
+    return (tally.minute, tally.event, tally.model, tally.server_id, tally.code, tally.bucket)
 
 
 async def _turn() -> None:
