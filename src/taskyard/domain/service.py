@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from taskyard import auth, errors
 from taskyard.domain import lifecycle, registry, reports, waiting
+from taskyard.domain.changes import UNSET
 from taskyard.domain.chores import Chores
 from taskyard.domain.cluster import Membership
 from taskyard.domain.dispatcher import Dispatcher, DispatchPolicy
@@ -489,7 +490,7 @@ class Coordinator:
         values = registry.heartbeat_values(server, now=now_ms(), load=load)
         if not await self.store.update_server(server_id, values):
             raise errors.ServerNotFound(server_id)
-        if "status" in values:
+        if values.status is not UNSET:
             log.info("server %s online: heartbeat", server_id, extra={"server_id": server_id})
             self._capacity_appeared()
         return await self.get_server(server_id)

@@ -3,7 +3,7 @@ PostgreSQL; where they run (and every other dialect difference) is `runners.py`'
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from taskyard import errors
+from taskyard.domain.changes import ServerCounter, ServerPatch
 from taskyard.domain.models import (
     Node,
     Server,
@@ -375,27 +376,30 @@ class SqlStore:
     async def update_server(
         self,
         server_id: str,
-        values: Mapping[str, Any],
+        patch: ServerPatch,
         *,
         revision: str | None = None,
-        expect: Mapping[str, Any] | None = None,
+        expect: ServerPatch | None = None,
         lazy: bool = False,
     ) -> bool:
-        row, expected = rowmap.server_values(values), rowmap.server_values(expect or {})
-        stmt = queries.server_update(tuple(row), revision is not None, tuple(expected))
-        params = {**row, **{f"_expect_{k}": v for k, v in expected.items()}}
+        params = rowmap.server_patch_row(patch)
+        expected = rowmap.server_patch_row(expect) if expect is not None else {}
+        stmt = queries.server_update(tuple(params), revision is not None, tuple(expected))
+        params |= {f"_expect_{k}": v for k, v in expected.items()}
         params |= {"_server_id": server_id, "_revision": revision}
         return await self.writes.run(lambda conn: stmt.rowcount(conn, params) > 0, lazy=lazy)
 
-    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
-        if column not in queries.SERVER_COUNTERS:
-            raise ValueError(f"servers.{column} is not a counter")
-        counter = servers.c[column]
+    async def increment_server(
+        self, server_id: str, counter: ServerCounter, *, revision: str
+    ) -> int | None:
+        if counter not in queries.SERVER_COUNTERS:
+            raise ValueError(f"servers.{counter} is not a counter")
+        column = servers.c[counter]
         stmt = (
             update(servers)
             .where(servers.c.id == server_id, servers.c.revision == revision)
-            .values({column: counter + 1})
-            .returning(counter)
+            .values({column: column + 1})
+            .returning(column)
         )
 
         def op(conn: Connection) -> int | None:

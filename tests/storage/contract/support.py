@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from taskyard.domain import lifecycle
+from taskyard.domain.changes import TaskPatch
 from taskyard.domain.models import SlotHold, Task
 from taskyard.domain.ports import Store, TaskUpdate
 from tests.unit.factories import make_task
@@ -91,5 +92,5 @@ async def hold(
     if await store.get_task(task_id) is None:
         await store.add_task(make_task(id=task_id))
     slot = SlotHold(task_id, attempt, server, held_until=until, cancel_due_at=cancel_at)
-    assert await store.update_task(TaskUpdate(task_id, {"updated_at": 1_500}, hold=slot))
+    assert await store.update_task(TaskUpdate(task_id, TaskPatch(updated_at=1_500), hold=slot))
     return slot

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from taskyard.domain.changes import ServerPatch, evolve_server
 from taskyard.domain.models import ServerStatus
 from taskyard.domain.ports import Store
 from tests.storage.contract.support import covers, hold, start
@@ -27,18 +28,15 @@ async def test_servers_are_upserted_listed_by_id_updated_and_deleted(store: Stor
     replaced = await store.get_server("s2")
     assert replaced is not None and (replaced.weight, replaced.models) == (3.0, ())
 
-    values = {
-        "status": "offline",
-        "offline_since": 1_000,
-        "models": ["a", "b"],
-        "reported_load": {"gpu": 0.5},
-    }
-    assert await store.update_server("s2", values)
-    assert not await store.update_server("missing", {"dispatch_failures": 1})
-    updated = await store.get_server("s2")
-    assert updated is not None
-    assert (updated.status, updated.offline_since) == (ServerStatus.OFFLINE, 1_000)
-    assert (updated.models, updated.reported_load) == (("a", "b"), {"gpu": 0.5})
+    patch = ServerPatch(
+        status=ServerStatus.OFFLINE,
+        offline_since=1_000,
+        reported_load={"gpu": 0.5, "queue": [1, None]},
+        last_error=None,
+    )
+    assert await store.update_server("s2", patch)
+    assert not await store.update_server("missing", ServerPatch(dispatch_failures=1))
+    assert await store.get_server("s2") == evolve_server(replaced, patch)
 
     assert sorted(await store.delete_servers(["s2", "missing", "s1"])) == ["s1", "s2"]
     assert await store.delete_servers(["s1"]) == []
@@ -82,25 +80,30 @@ async def test_a_server_update_applies_only_to_its_registration_and_expected_val
     store: Store,
 ) -> None:
     await store.put_server(make_server("s1", revision="r1"))
-    ejected = {"ejected": True, "ejections": 1}
+    ejected = ServerPatch(ejected=True, ejections=1)
+    not_ejected = ServerPatch(ejected=False)
     assert not await store.update_server("s1", ejected, revision="r0")  # replaced since
     assert not await store.update_server("missing", ejected, revision="r1")
-    assert await store.update_server("s1", ejected, revision="r1", expect={"ejected": False})
+    assert await store.update_server("s1", ejected, revision="r1", expect=not_ejected)
     # One ejection only: a second writer expected it not ejected yet.
-    assert not await store.update_server("s1", {"ejections": 2}, expect={"ejected": False})
+    assert not await store.update_server("s1", ServerPatch(ejections=2), expect=not_ejected)
     assert await store.update_server(
-        "s1", {"last_error": "x"}, expect={"ejected": True, "maintenance": False}
+        "s1", ServerPatch(last_error="x"), expect=ServerPatch(ejected=True, maintenance=False)
     )
     # An expected None is a value like any other.
-    assert await store.update_server("s1", {"weight": 2.0}, expect={"maintenance_reason": None})
-    assert not await store.update_server("s1", {"weight": 3.0}, expect={"last_error": None})
+    assert await store.update_server(
+        "s1", ServerPatch(checked_by="n1"), expect=ServerPatch(maintenance_reason=None)
+    )
+    assert not await store.update_server(
+        "s1", ServerPatch(checked_by="n2"), expect=ServerPatch(last_error=None)
+    )
     server = await store.get_server("s1")
     assert server is not None
-    assert (server.ejected, server.ejections, server.last_error, server.weight) == (
+    assert (server.ejected, server.ejections, server.last_error, server.checked_by) == (
         True,
         1,
         "x",
-        2.0,
+        "n1",
     )
 
 
@@ -110,9 +113,9 @@ async def test_a_server_update_that_changes_nothing_still_tells_whether_it_match
 ) -> None:
     server = make_server("s1", revision="r1")
     await store.put_server(server)
-    assert await store.update_server("s1", {}, revision="r1")
-    assert not await store.update_server("s1", {}, revision="r0")
-    assert not await store.update_server("missing", {})
+    assert await store.update_server("s1", ServerPatch(), revision="r1")
+    assert not await store.update_server("s1", ServerPatch(), revision="r0")
+    assert not await store.update_server("missing", ServerPatch())
     assert await store.get_server("s1") == server
 
 
@@ -128,7 +131,7 @@ async def test_server_counters_count_every_increment_on_the_registration(store: 
     assert await store.increment_server("s1", "dispatch_failures", revision="r0") is None
     assert await store.increment_server("missing", "dispatch_failures", revision="r1") is None
     with pytest.raises(ValueError, match="not a counter"):
-        await store.increment_server("s1", "weight", revision="r1")
+        await store.increment_server("s1", "weight", revision="r1")  # type: ignore[arg-type]
     server = await store.get_server("s1")
     assert server is not None
     assert (server.dispatch_failures, server.consecutive_rejections) == (8, 1)

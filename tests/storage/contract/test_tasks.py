@@ -9,6 +9,7 @@ import sqlalchemy.exc
 
 from taskyard import errors
 from taskyard.domain import lifecycle
+from taskyard.domain.changes import TaskPatch
 from taskyard.domain.models import TaskStatus
 from taskyard.domain.ports import Store, TaskQuery, TaskUpdate
 from taskyard.domain.tallies import Event
@@ -93,7 +94,7 @@ async def test_an_update_applies_only_in_the_expected_state(store: Store) -> Non
 @covers("update_task", "get_task")
 async def test_an_update_without_conditions_matches_any_state(store: Store) -> None:
     await store.add_task(make_task(id="t1"))
-    assert await store.update_task(TaskUpdate("t1", {"progress": 40.0, "updated_at": 1_500}))
+    assert await store.update_task(TaskUpdate("t1", TaskPatch(progress=40.0, updated_at=1_500)))
     changed = await store.get_task("t1")
     assert changed is not None and (changed.progress, changed.updated_at) == (40.0, 1_500)
 
@@ -114,7 +115,7 @@ async def test_an_update_that_changes_nothing_still_tells_whether_it_matched(
 async def test_a_batch_of_updates_reports_each_one(store: Store) -> None:
     await store.add_task(make_task(id="t1"))
     await store.add_task(make_task(id="t2", status=TaskStatus.FAILED))
-    cancel = {"status": TaskStatus.CANCELLED, "finished_at": 2_000}
+    cancel = TaskPatch(status=TaskStatus.CANCELLED, finished_at=2_000)
     updates = [
         TaskUpdate("t1", cancel, expect_status=lifecycle.OPEN, expect_attempt=0),
         TaskUpdate("t2", cancel, expect_status=lifecycle.OPEN),
