@@ -87,14 +87,16 @@ class Store(Protocol):
 
     # tasks
     async def add_task(self, task: Task, *, unfinished_cap: int = 0) -> None:
-        """Store a new task; it counts as `created` in the tallies. With a cap: raise
-        `errors.QuotaExceeded`, storing nothing, if its owner would then have more than
-        `unfinished_cap` WAITING or PROCESSING tasks (counted atomically with the insert)."""
+        """Store a new task; it counts as `created` in the tallies. Raise `errors.TaskExists`
+        if its id is taken. With a cap: raise `errors.QuotaExceeded`, storing nothing, if its
+        owner would then have more than `unfinished_cap` WAITING or PROCESSING tasks (counted
+        atomically with the insert)."""
         ...
 
     async def add_tasks(self, batch: Iterable[Task], *, unfinished_cap: int = 0) -> None:
         """Store new tasks of one owner in one transaction, as `add_task` each: all of them,
-        or none (a taken id, or past the cap counted with the batch)."""
+        or none (`TaskExists` for an id taken before or twice in the batch; `QuotaExceeded`
+        past the cap counted with the batch)."""
         ...
 
     async def get_task(self, task_id: str) -> Task | None: ...

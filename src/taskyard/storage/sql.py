@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -57,6 +58,11 @@ __all__ = ["SqlStore", "async_url", "create_engine"]
 
 
 _UNFINISHED = "taskyard_unfinished"  # Connection.info: owner → unfinished tasks, this transaction
+
+
+def _stored_ids(conn: Connection, ids: list[str]) -> set[str]:
+    """Those of `ids` that are stored."""
+    return set(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(ids))).scalars())
 
 
 def _begin(conn: Connection) -> None:
@@ -132,15 +138,25 @@ class SqlStore:
             rollups.record(conn, [Tally(Event.CREATED, t.created_at, t.model) for t in batch])
             return None
 
+        ids = [task.id for task in stored]
+
         def replay(conn: Connection) -> int | None:
             # After a COMMIT that got no answer: store (and count) only what did not make it.
-            ids = [task.id for task in stored]
-            found = set(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(ids))).scalars())
+            found = _stored_ids(conn, ids)
             return insert_and_count(conn, [task for task in stored if task.id not in found])
 
-        refused = await self.writes.run(
-            lambda conn: insert_and_count(conn, stored), replay=replay, shed=True
-        )
+        try:
+            refused = await self.writes.run(
+                lambda conn: insert_and_count(conn, stored), replay=replay, shed=True
+            )
+        except sqlalchemy.exc.IntegrityError as exc:
+            # The domain's error when it is a taken id (the primary key); the driver's for
+            # anything else.
+            found = await self.runner.read(lambda conn: _stored_ids(conn, ids))
+            taken = errors.TaskExists.among(ids, found)
+            if taken is None:
+                raise
+            raise taken from exc
         if refused is not None:
             raise errors.QuotaExceeded.unfinished(stored[0].owner, refused, unfinished_cap)
 

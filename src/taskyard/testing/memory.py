@@ -93,10 +93,10 @@ class MemoryStore:
             unfinished = min(unfinished, unfinished_cap)  # as SqlStore counts: up to the cap
             if unfinished + len(tasks) > unfinished_cap:
                 raise errors.QuotaExceeded.unfinished(owner, unfinished, unfinished_cap)
-        rows = {task.id: _TaskRow(_stored_task(task)) for task in tasks}
-        if len(rows) < len(tasks) or rows.keys() & self._tasks.keys():
-            raise ValueError("a task id is already stored (the primary key)")
-        self._tasks |= rows
+        taken = errors.TaskExists.among((task.id for task in tasks), self._tasks.keys())
+        if taken is not None:
+            raise taken
+        self._tasks |= {task.id: _TaskRow(_stored_task(task)) for task in tasks}
         self._tallies += [Tally(Event.CREATED, t.created_at, t.model) for t in tasks]
 
     async def get_task(self, task_id: str) -> Task | None:

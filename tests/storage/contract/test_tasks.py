@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import sqlalchemy.exc
 
 from taskyard import errors
 from taskyard.domain import lifecycle
@@ -24,8 +23,9 @@ async def test_a_task_reads_back_as_it_was_written(store: Store) -> None:
     await store.add_task(task)
     assert await store.get_task("t1") == task
     assert await store.get_task("missing") is None
-    with pytest.raises((ValueError, sqlalchemy.exc.IntegrityError)):
+    with pytest.raises(errors.TaskExists) as taken:
         await store.add_task(replace(task, owner="bob"))  # the id is the primary key
+    assert (taken.value.task_ids, taken.value.message) == (("t1",), "Task t1 already exists")
     assert await store.get_task("t1") == task
 
 
@@ -36,9 +36,14 @@ async def test_a_batch_of_tasks_is_stored_whole_or_not_at_all(store: Store) -> N
     await store.add_tasks(iter(batch))  # any iterable
     assert [await store.get_task(t.id) for t in batch] == batch
     # A taken id, stored before or twice in the batch: none of the batch is stored.
-    for taken in ([make_task(id="new"), make_task(id="b1")], [make_task(id="new")] * 2):
-        with pytest.raises((ValueError, sqlalchemy.exc.IntegrityError)):
-            await store.add_tasks(taken)
+    for batch_ids, taken_ids in [
+        (["new", "b1"], ("b1",)),
+        (["new", "new"], ("new",)),
+        (["b2", "new", "b0", "b2"], ("b0", "b2")),
+    ]:
+        with pytest.raises(errors.TaskExists) as taken:
+            await store.add_tasks([make_task(id=task_id) for task_id in batch_ids])
+        assert taken.value.task_ids == taken_ids
         assert await store.get_task("new") is None
     [created] = await store.tally_sums(since=0, events=(Event.CREATED,), group_by=("event",))
     assert created.count == 3  # each stored task counted once, the refused ones not at all
