@@ -62,11 +62,7 @@ class TaskPatch(NamedTuple):
 
     def changed(self) -> dict[str, Any]:
         """The fields this change writes, by name, in declaration order."""
-        return {
-            name: value
-            for name, value in zip(TASK_PATCH_FIELDS, self, strict=True)
-            if value is not UNSET
-        }
+        return _written(TASK_PATCH_FIELDS, self)
 
 
 TASK_PATCH_FIELDS: Final = TaskPatch._fields
@@ -101,11 +97,7 @@ class ServerPatch(NamedTuple):
 
     def changed(self) -> dict[str, Any]:
         """The fields this change writes, by name, in declaration order."""
-        return {
-            name: value
-            for name, value in zip(SERVER_PATCH_FIELDS, self, strict=True)
-            if value is not UNSET
-        }
+        return _written(SERVER_PATCH_FIELDS, self)
 
     def __or__(self, other: ServerPatch) -> ServerPatch:
         """Both changes in one; where both write a field, `other`'s value."""
@@ -113,6 +105,11 @@ class ServerPatch(NamedTuple):
 
 
 SERVER_PATCH_FIELDS: Final = ServerPatch._fields
+
+
+def _written(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
+    return {name: value for name, value in zip(names, values, strict=True) if value is not UNSET}
+
 
 ServerCounter = Literal["dispatch_failures", "consecutive_rejections"]
 """The server fields counted in the database (`Store.increment_server`), never read-modify-write."""
