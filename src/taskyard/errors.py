@@ -6,7 +6,8 @@ TaskyardError
  │    └── ServerNotFound
  ├── Conflict
  │    ├── StaleReport          a report for an attempt that no longer holds the task
- │    └── TaskFinal            the task is already FINISHED, FAILED or CANCELLED
+ │    ├── TaskFinal            the task is already FINISHED, FAILED or CANCELLED
+ │    └── TaskExists           a new task's id is already taken
  ├── Forbidden                authenticated but not allowed
  ├── Unauthorized             no or invalid credentials
  ├── InvalidInput
@@ -16,6 +17,9 @@ TaskyardError
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable
 
 
 class TaskyardError(Exception):
@@ -53,6 +57,27 @@ class StaleReport(Conflict):
 
 class TaskFinal(Conflict):
     """The task has already reached a final state."""
+
+
+class TaskExists(Conflict):
+    """A new task's id is already taken: nothing of its batch was stored."""
+
+    def __init__(self, task_ids: Iterable[str]) -> None:
+        self.task_ids = tuple(sorted(set(task_ids)))
+        ids = ", ".join(self.task_ids)
+        super().__init__(
+            f"Task {ids} already exists"
+            if len(self.task_ids) == 1
+            else f"Tasks {ids} already exist"
+        )
+
+    @classmethod
+    def among(cls, new_ids: Iterable[str], stored: Collection[str]) -> TaskExists | None:
+        """The error for a batch of new ids, given those of them already `stored`: each id
+        taken before, or twice in the batch; None when every id is free."""
+        counts = Counter(new_ids)
+        taken = [i for i, n in counts.items() if n > 1 or i in stored]
+        return cls(taken) if taken else None
 
 
 class Forbidden(TaskyardError):

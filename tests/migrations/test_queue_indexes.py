@@ -5,7 +5,6 @@ which the drift test's comparison does not look at."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 from alembic import command
@@ -68,12 +67,13 @@ async def test_upgrade_from_0002_keeps_the_tasks_and_serves_the_queue(database_u
         # Written as the store of 0002 wrote them: rows only (no statistics table yet).
         # Columns of 0002 only: later revisions add some.
         columns = [c for c in tasks.c if c.name not in LATER_TASK_COLUMNS]
-        running = make_task(id="running")
-        start, _ = start_attempt(
-            running, server_id="gpu", node_id="n", callback_url="http://cb", now=1_000
+        _, running = start_attempt(
+            make_task(id="running"),
+            server_id="gpu",
+            node_id="n",
+            callback_url="http://cb",
+            now=1_000,
         )
-        moved = {k: v for k, v in start.values.items() if k not in ("acked", "node_id")}
-        running = replace(running, **moved)
         rows = [
             {k: v for k, v in task_row(task).items() if k not in LATER_TASK_COLUMNS}
             for task in [*_queue(), running]

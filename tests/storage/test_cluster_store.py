@@ -1,6 +1,6 @@
 """The store's cluster primitives on real databases: claims under the dispatch lock, leases,
 and change notices between nodes. Several `SqlStore`s on one database stand in for nodes.
-What one store does alone (and `MemoryStore` must do too) is in test_store_contract.py."""
+What one store does alone (and `MemoryStore` must do too) is in contract/."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from taskyard.domain import dispatch, lifecycle
+from taskyard.domain.changes import ServerPatch
 from taskyard.domain.models import Server, ServerStatus, Task, TaskStatus
 from taskyard.domain.ports import ClaimPlan, ClusterHandlers, TaskUpdate, WaitingReader
 from taskyard.storage.migrate import upgrade
@@ -215,7 +216,9 @@ async def test_writes_for_a_replaced_or_deleted_registration_change_nothing(
     await first.put_server(make_server("gpu", revision="old"))
     # Re-registered by another node meanwhile: the old registration's writes match nothing.
     await second.put_server(make_server("gpu", revision="new", status=ServerStatus.OFFLINE))
-    assert not await first.update_server("gpu", {"status": ServerStatus.ONLINE}, revision="old")
+    assert not await first.update_server(
+        "gpu", ServerPatch(status=ServerStatus.ONLINE), revision="old"
+    )
     assert await first.increment_server("gpu", "dispatch_failures", revision="old") is None
     fresh = await first.get_server("gpu")
     assert fresh is not None and (fresh.status, fresh.dispatch_failures) == (
@@ -223,5 +226,7 @@ async def test_writes_for_a_replaced_or_deleted_registration_change_nothing(
         0,
     )
     await second.delete_servers(["gpu"])
-    assert not await first.update_server("gpu", {"status": ServerStatus.ONLINE}, revision="new")
+    assert not await first.update_server(
+        "gpu", ServerPatch(status=ServerStatus.ONLINE), revision="new"
+    )
     assert await first.get_server("gpu") is None

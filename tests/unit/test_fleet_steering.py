@@ -12,6 +12,7 @@ from taskyard import auth, errors
 from taskyard.clock import now_ms
 from taskyard.config import Settings
 from taskyard.domain import ejection
+from taskyard.domain.changes import UNSET, ServerPatch, evolve_server
 from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.ejection import EjectionReason
 from taskyard.domain.models import ErrorCode, ServerState, ServerStatus, Task, TaskStatus
@@ -232,15 +233,15 @@ def test_each_ejection_in_a_row_lasts_twice_as_long_up_to_the_cap() -> None:
     lengths = []
     now = 1_000_000
     for _ in range(4):
-        values = ejection.eject(server, EjectionReason.FAILING, now=now, policy=policy)
-        lengths.append(ejection.ejection_length_s(values, now=now))
-        server = replace(server, **values)
-        now = values["ejected_until"] + 5_000  # re-admitted, fails again soon
+        ejected = ejection.eject(server, EjectionReason.FAILING, now=now, policy=policy)
+        lengths.append(ejected.length_s(now=now))
+        server = evolve_server(server, ejected.patch)
+        now = ejected.until + 5_000  # re-admitted, fails again soon
     assert lengths == [10, 20, 35, 35]
     # After a healthy stretch longer than reset_s it starts over.
     later = server.ejected_until + 101_000  # type: ignore[operator]
-    values = ejection.eject(server, EjectionReason.FAILING, now=later, policy=policy)
-    assert ejection.ejection_length_s(values, now=later) == 10 and values["ejections"] == 1
+    ejected = ejection.eject(server, EjectionReason.FAILING, now=later, policy=policy)
+    assert ejected.length_s(now=later) == 10 and ejected.in_a_row == 1
 
 
 async def test_a_failing_server_is_ejected_and_its_tasks_finish_elsewhere(
@@ -290,9 +291,9 @@ async def test_a_passing_check_readmits_an_ejected_server_only_after_its_time(
     server = make_server(ejected=True, ejected_until=5_000, ejections=1, last_error="ejected")
     policy = yard.config.health
     early = next_state(server, healthy, now=4_000, policy=policy)
-    assert "ejected" not in early and "last_error" not in early  # stays out, reason shown
+    assert early.ejected is UNSET and early.last_error is UNSET  # stays out, reason shown
     late = next_state(server, healthy, now=5_000, policy=policy)
-    assert late["ejected"] is False and late["dispatch_failures"] == 0
+    assert late.ejected is False and late.dispatch_failures == 0
 
 
 # ---- maintenance -------------------------------------------------------------------------
@@ -328,7 +329,7 @@ async def test_out_of_maintenance_a_checked_server_waits_for_its_next_check(
     yard: Coordinator,
 ) -> None:
     await add(yard, "s1", health=True)
-    await yard.store.update_server("s1", {"status": ServerStatus.ONLINE})
+    await yard.store.update_server("s1", ServerPatch(status=ServerStatus.ONLINE))
     await yard.fleet.set_maintenance("s1", enabled=True, reason=None)
     back = await yard.fleet.set_maintenance("s1", enabled=False, reason=None)
     assert back.state is ServerState.OFFLINE and back.next_check_at <= now_ms()
@@ -346,7 +347,7 @@ async def test_a_check_read_in_maintenance_does_not_undo_its_end(
     from taskyard.domain.registry import offline_too_long
 
     await add(yard, "s1", health=True)
-    await yard.store.update_server("s1", {"status": ServerStatus.OFFLINE, "offline_since": 1})
+    await yard.store.update_server("s1", ServerPatch(status=ServerStatus.OFFLINE, offline_since=1))
     await yard.fleet.set_maintenance("s1", enabled=True, reason=None)
     read_in_maintenance = await yard.fleet.get_server("s1")
     back = await yard.fleet.set_maintenance("s1", enabled=False, reason=None)

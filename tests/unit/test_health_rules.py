@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from taskyard.config import Settings
 from taskyard.domain import registry
+from taskyard.domain.changes import UNSET, evolve_server
 from taskyard.domain.health import next_state
 from taskyard.domain.models import ServerStatus
 from taskyard.domain.ports import HealthReply
@@ -23,7 +24,7 @@ def _run_checks(replies: list[HealthReply]) -> list[float]:
     intervals = []
     for i, reply in enumerate(replies):
         values = next_state(server, reply, now=1_000 * i, policy=POLICY)
-        server = replace(server, **values)
+        server = evolve_server(server, values)
         intervals.append(server.check_interval_s)
     return intervals
 
@@ -45,27 +46,27 @@ def test_failure_resets_interval_and_goes_offline() -> None:
     intervals = _run_checks([OK] * 10 + [DOWN])
     assert intervals[-1] == 10.0
     values = next_state(make_server(check_interval_s=40.0), DOWN, now=5, policy=POLICY)
-    assert values["status"] is ServerStatus.OFFLINE
-    assert values["offline_since"] == 5
-    assert values["last_error"] == "health HTTP 503"
+    assert values.status is ServerStatus.OFFLINE
+    assert values.offline_since == 5
+    assert values.last_error == "health HTTP 503"
 
 
 def test_offline_since_is_kept_across_failures() -> None:
     """Repeated failures keep the first offline time (removal counts from it)."""
     server = make_server(status=ServerStatus.OFFLINE, offline_since=100)
-    assert next_state(server, DOWN, now=9_000, policy=POLICY)["offline_since"] == 100
+    assert next_state(server, DOWN, now=9_000, policy=POLICY).offline_since == 100
 
 
 def test_success_brings_a_server_online() -> None:
     """A passing check makes an offline server online and clears its offline time."""
     server = make_server(status=ServerStatus.OFFLINE, offline_since=100, dispatch_failures=3)
     values = next_state(server, OK, now=200, policy=POLICY)
-    assert values["status"] is ServerStatus.ONLINE
-    assert values["offline_since"] is None
+    assert values.status is ServerStatus.ONLINE
+    assert values.offline_since is None
     # Dispatch failures count on: only a dispatch that works (or a re-admission) resets them,
     # so a server that fails every task but passes its checks is still ejected.
-    assert "dispatch_failures" not in values
-    assert values["next_check_at"] == 200 + 10_000
+    assert values.dispatch_failures is UNSET
+    assert values.next_check_at == 200 + 10_000
 
 
 def test_new_server_with_health_url_starts_offline() -> None:
@@ -90,11 +91,11 @@ def test_heartbeat_revives_a_server_without_health_url() -> None:
     """A heartbeat brings back a check-less server that dispatch failures took offline."""
     server = make_server(health_url=None, status=ServerStatus.OFFLINE, offline_since=1)
     values = registry.heartbeat_values(server, now=50, load={"queue": 2})
-    assert values["status"] is ServerStatus.ONLINE
-    assert values["last_heartbeat"] == 50
-    assert values["reported_load"] == {"queue": 2}
+    assert values.status is ServerStatus.ONLINE
+    assert values.last_heartbeat == 50
+    assert values.reported_load == {"queue": 2}
     checked = make_server(status=ServerStatus.OFFLINE)
-    assert "status" not in registry.heartbeat_values(checked, now=50, load=None)
+    assert registry.heartbeat_values(checked, now=50, load=None).status is UNSET
 
 
 def test_staleness_uses_the_latest_sign_of_life() -> None:

@@ -85,7 +85,7 @@ def test_queue_deadline_only_applies_to_waiting() -> None:
     """Expiring in the queue is conditional on the task still WAITING at that attempt."""
     update = lifecycle.expire_in_queue(make_task(attempt=1), now=9_000)
     assert update.expect_status == (TaskStatus.WAITING,)
-    assert update.values["error_code"] == "no_capacity_deadline"
+    assert update.patch.error_code == "no_capacity_deadline"
 
 
 def test_cancel_a_running_task_closes_its_attempt() -> None:

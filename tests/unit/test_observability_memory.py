@@ -9,6 +9,7 @@ import pytest
 from taskyard import auth, errors
 from taskyard.clock import now_ms
 from taskyard.domain import lifecycle
+from taskyard.domain.changes import ServerPatch, TaskPatch
 from taskyard.domain.coordinator import Coordinator
 from taskyard.domain.models import ErrorCode, ServerStatus, TaskOptions, TaskStatus
 from taskyard.domain.ports import PredictReply, ReplyKind, TaskQuery, TaskUpdate
@@ -178,7 +179,9 @@ async def test_no_server_for_the_model(yard: Coordinator) -> None:
 
 async def test_no_server_online(yard: Coordinator) -> None:
     await register(yard, "s1")
-    await yard.store.update_server("s1", {"status": ServerStatus.OFFLINE, "last_error": "boom"})
+    await yard.store.update_server(
+        "s1", ServerPatch(status=ServerStatus.OFFLINE, last_error="boom")
+    )
     task = await create(yard)
     assert await yard.reads.create_warnings(task) == []  # a server serves it, offline or not
     why = await yard.reads.why_waiting(await read(yard, task))
@@ -207,7 +210,7 @@ async def test_backoff_after_a_failure(yard: Coordinator, backend: ScriptedBacke
     again = await read(yard, task)
     assert again.status is TaskStatus.WAITING
     # The fixture retries at once; a backoff is a next attempt in the future.
-    await yard.store.update_task(TaskUpdate(again.id, {"next_attempt_at": now_ms() + 60_000}))
+    await yard.store.update_task(TaskUpdate(again.id, TaskPatch(next_attempt_at=now_ms() + 60_000)))
     why = await yard.reads.why_waiting(await read(yard, task))
     assert why is not None and why.reason is WaitingReason.BACKOFF
     assert why.retry_at is not None and why.retry_at > now_ms()

@@ -4,13 +4,12 @@ stored once the database takes writes again."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from taskyard import errors
 from taskyard.domain import dispatcher
 from taskyard.domain.models import TaskStatus
+from taskyard.domain.ports import TaskUpdate
 from tests.unit.fakes import ScriptedBackend
 from tests.unit.test_coordinator_memory import create, memory_yard, one_pass, read, register
 
@@ -26,9 +25,9 @@ async def test_a_result_the_database_refused_at_first_is_recorded_and_not_sent_a
     real_update = yard.store.update_tasks
     refusals = 0
 
-    async def update_tasks(updates: list[Any]) -> list[bool]:
+    async def update_tasks(updates: list[TaskUpdate]) -> list[bool]:
         nonlocal refusals
-        if any(u.values.get("status") == TaskStatus.FINISHED for u in updates) and refusals < 3:
+        if any(u.patch.status is TaskStatus.FINISHED for u in updates) and refusals < 3:
             refusals += 1
             raise errors.StorageUnavailable("database unavailable (ConnectionResetError)")
         return await real_update(updates)

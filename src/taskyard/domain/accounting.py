@@ -6,9 +6,9 @@ update frees the slot."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from taskyard.domain import ejection
+from taskyard.domain.changes import UNSET, ServerPatch
 from taskyard.domain.clock import Clock
 from taskyard.domain.ejection import EjectionPolicy, EjectionReason
 from taskyard.domain.models import Server, ServerStatus
@@ -18,6 +18,7 @@ from taskyard.domain.tallies import OK, Event
 log = logging.getLogger(__name__)
 
 REJECTING_LOOKBACK_MS = 5 * 60_000  # "others succeed on the model": within this long
+_COUNTS_RESET = ServerPatch(dispatch_failures=0, consecutive_rejections=0)  # a dispatch worked
 
 
 class ServerAccounts:
@@ -30,12 +31,10 @@ class ServerAccounts:
         """Count each dispatch for or against the server (in SQL, so nodes counting at once
         lose nothing) and eject it when it keeps failing or refusing (domain/ejection.py)."""
         if reply.kind in (ReplyKind.OK, ReplyKind.ACCEPTED, ReplyKind.TOO_LARGE):
-            reset: dict[str, Any] = {}
-            if server.dispatch_failures or server.consecutive_rejections:
-                reset = {"dispatch_failures": 0, "consecutive_rejections": 0}
-            if server.ejected and not ejection.is_out(server, now=self.clock.now_ms()):
-                reset |= ejection.READMITTED  # no health URL: a dispatch re-admits it
-            if reset:
+            # No health URL: a dispatch re-admits it (READMITTED resets the counts too).
+            readmit = server.ejected and not ejection.is_out(server, now=self.clock.now_ms())
+            if readmit or server.dispatch_failures or server.consecutive_rejections:
+                reset = ejection.READMITTED if readmit else _COUNTS_RESET
                 await self.store.update_server(server.id, reset, revision=server.revision)
             return
         if reply.kind is ReplyKind.REJECTED:
@@ -48,9 +47,12 @@ class ServerAccounts:
             return  # deleted or re-registered meanwhile
         if reply.connect_failed:
             # Not even reachable: offline until a health check (or heartbeat) passes.
-            values: dict[str, Any] = {"status": ServerStatus.OFFLINE, "last_error": reply.error}
-            if server.status is not ServerStatus.OFFLINE:
-                values["offline_since"] = self.clock.now_ms()
+            was_online = server.status is not ServerStatus.OFFLINE
+            values = ServerPatch(
+                status=ServerStatus.OFFLINE,
+                last_error=reply.error,
+                offline_since=self.clock.now_ms() if was_online else UNSET,
+            )
             changed = await self.store.update_server(server.id, values, revision=server.revision)
             if changed and server.status is not ServerStatus.OFFLINE:
                 log.warning(
@@ -90,19 +92,19 @@ class ServerAccounts:
         if fresh is None or fresh.revision != server.revision or fresh.ejected:
             return
         now = self.clock.now_ms()
-        values = ejection.eject(fresh, reason, now=now, policy=self.policy)
-        values["last_error"] = f"ejected ({reason.value}): {why}"
+        ejected = ejection.eject(fresh, reason, now=now, policy=self.policy)
+        values = ejected.patch | ServerPatch(last_error=f"ejected ({reason.value}): {why}")
         # Only one node ejects it: the write expects it not ejected yet, on this registration.
         won = await self.store.update_server(
-            server.id, values, revision=server.revision, expect={"ejected": False}
+            server.id, values, revision=server.revision, expect=ServerPatch(ejected=False)
         )
         if won:
             log.warning(
                 "server %s ejected (%s) for %.0f s (ejection %d in a row): %s",
                 server.id,
                 reason.value,
-                ejection.ejection_length_s(values, now=now),
-                values["ejections"],
+                ejected.length_s(now=now),
+                ejected.in_a_row,
                 why,
                 extra={"server_id": server.id},
             )

@@ -18,6 +18,7 @@ from typing import Any
 from taskyard.domain import dispatch, lifecycle
 from taskyard.domain.accounting import ServerAccounts
 from taskyard.domain.cancels import CancelSender
+from taskyard.domain.changes import UNSET
 from taskyard.domain.clock import Clock
 from taskyard.domain.events import TaskEvents
 from taskyard.domain.loops import FailureLog, Wakeable
@@ -197,18 +198,18 @@ class Dispatcher(Wakeable):
         for update, ok in zip(updates, won, strict=True):
             if ok:
                 self.observer.tallied(update.tallies)
-                if update.values.get("status") == TaskStatus.FAILED:
+                if update.patch.status is TaskStatus.FAILED:
                     _log_failed(update)
         if any(won):
             # Waiters (GET ?wait=) only care about final states.
             self.events.changed(
                 u.task_id
                 for u, ok in zip(updates, won, strict=True)
-                if ok and u.values.get("status") in FINAL_STATUSES
+                if ok and u.patch.status in FINAL_STATUSES
             )
             for update, ok in zip(updates, won, strict=True):
-                due = update.values.get("next_attempt_at")
-                if ok and due is not None and (self._next_retry_at or due + 1) > due:
+                due = update.patch.next_attempt_at
+                if ok and due is not UNSET and (self._next_retry_at or due + 1) > due:
                     self._next_retry_at = due
                 if ok and update.hold is not None and update.hold.cancel_due_at is not None:
                     self._cancels_due = True
@@ -349,7 +350,7 @@ class Dispatcher(Wakeable):
             return
         won = await self.apply(updates)  # those out of attempts are FAILED, and logged so
         for task, update, ok in zip(tasks, updates, won, strict=True):
-            if ok and update.values.get("status") == TaskStatus.WAITING:
+            if ok and update.patch.status is TaskStatus.WAITING:
                 sent_by = task.attempts[-1].node_id if task.attempts else None
                 log.warning(
                     "task %s re-queued (attempt %d of %d on %s%s): %s",
@@ -369,12 +370,12 @@ class Dispatcher(Wakeable):
 
 def _log_failed(update: TaskUpdate) -> None:
     """A task just ended FAILED: which, where, why (the error is the task's, never a payload)."""
-    values = update.values
+    patch = update.patch
     log.warning(
         "task %s FAILED (%s): %s",
         update.task_id,
-        values.get("error_code"),
-        values.get("error"),
+        patch.error_code if patch.error_code is not UNSET else None,
+        patch.error if patch.error is not UNSET else None,
         extra={"task_id": update.task_id, "server_id": update.expect_server},
     )
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Final
 
+from taskyard.domain.changes import ServerPatch
 from taskyard.domain.models import Server
 
 
@@ -32,32 +33,43 @@ class EjectionPolicy:
     max_share: float  # at most this share of a model's servers is left out for ejection
 
 
-def eject(
-    server: Server, reason: EjectionReason, *, now: int, policy: EjectionPolicy
-) -> dict[str, Any]:
-    """The server's new fields when it is ejected now."""
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """An ejection decided now: until when, and its place in a row of them."""
+
+    until: int  # epoch ms
+    in_a_row: int
+    reason: EjectionReason
+
+    @property
+    def patch(self) -> ServerPatch:
+        """The server's new fields."""
+        return ServerPatch(
+            ejected=True,
+            ejected_until=self.until,
+            ejections=self.in_a_row,
+            ejection_reason=self.reason.value,
+        )
+
+    def length_s(self, *, now: int) -> float:
+        return (self.until - now) / 1000
+
+
+def eject(server: Server, reason: EjectionReason, *, now: int, policy: EjectionPolicy) -> Ejection:
+    """The server's ejection, if it is ejected now."""
     in_a_row = server.ejections + 1
     if server.ejected_until is None or now - server.ejected_until > policy.reset_s * 1000:
         in_a_row = 1  # a healthy stretch since the last one: start over
     length_s = min(policy.max_s, policy.base_s * 2 ** (in_a_row - 1))
-    return {
-        "ejected": True,
-        "ejected_until": now + int(length_s * 1000),
-        "ejections": in_a_row,
-        "ejection_reason": reason.value,
-    }
+    return Ejection(now + int(length_s * 1000), in_a_row, reason)
 
 
-def ejection_length_s(values: dict[str, Any], *, now: int) -> float:
-    return (int(values["ejected_until"]) - now) / 1000
-
-
-READMITTED: dict[str, Any] = {
-    "ejected": False,
-    "ejection_reason": None,
-    "dispatch_failures": 0,
-    "consecutive_rejections": 0,
-}
+READMITTED: Final = ServerPatch(
+    ejected=False,
+    ejection_reason=None,
+    dispatch_failures=0,
+    consecutive_rejections=0,
+)
 
 
 def may_readmit(server: Server, *, now: int) -> bool:

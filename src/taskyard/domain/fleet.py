@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from taskyard import errors
 from taskyard.domain import registry
+from taskyard.domain.changes import UNSET
 from taskyard.domain.clock import Clock
 from taskyard.domain.cluster import Membership
 from taskyard.domain.dispatcher import Dispatcher
@@ -109,7 +110,7 @@ class Fleet:
         values = registry.heartbeat_values(server, now=self.clock.now_ms(), load=load)
         if not await self.store.update_server(server_id, values):
             raise errors.ServerNotFound(server_id)
-        if "status" in values:
+        if values.status is not UNSET:
             log.info("server %s online: heartbeat", server_id, extra={"server_id": server_id})
             self._work_appeared()
         return await self.get_server(server_id)

@@ -10,15 +10,14 @@ any change of membership or of the server list hands servers over.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from taskyard.domain import ejection, registry
+from taskyard.domain.changes import UNSET, ServerPatch, evolve_server
 from taskyard.domain.clock import Clock
 from taskyard.domain.cluster import Membership
 from taskyard.domain.loops import FailureLog, Wakeable
@@ -51,46 +50,47 @@ class HealthPolicy:
 
 def next_state(
     server: Server, reply: HealthReply, *, now: int, policy: HealthPolicy
-) -> dict[str, Any]:
+) -> ServerPatch:
     """The server's new health fields after a check (pure)."""
-    if reply.healthy:
-        successes = server.consecutive_successes + 1
-        interval = server.check_interval_s
-        if successes > policy.backoff_after:
-            interval = min(policy.interval_max_s, interval * policy.growth)
-        values: dict[str, Any] = {
-            "consecutive_successes": successes,
-            "consecutive_failures": 0,
-            "last_success_at": now,
-            "offline_since": None,
-            "last_error": None,
-            # Written even when it was online at read time: a failed dispatch may have taken
-            # it offline meanwhile, and a passing check is what brings it back.
-            "status": ServerStatus.ONLINE,
-        }
-        if server.ejected:
-            # A passing check re-admits an ejected server only once its time is over; until
-            # then it stays out, with the ejection's reason as its last error.
-            if ejection.may_readmit(server, now=now):
-                values |= ejection.READMITTED
-            else:
-                del values["last_error"]
-    else:
-        interval = policy.interval_min_s
-        values = {
-            "consecutive_successes": 0,
-            "consecutive_failures": server.consecutive_failures + 1,
-            "last_error": reply.detail,
-            "status": ServerStatus.OFFLINE,
-            "offline_since": server.offline_since or now,
-        }
-    interval = max(policy.interval_min_s, min(policy.interval_max_s, interval))
-    values |= {
-        "check_interval_s": interval,
-        "last_check_at": now,
-        "next_check_at": now + int(interval * 1000),
-    }
-    return values
+    if not reply.healthy:
+        interval = _bounded(policy.interval_min_s, policy)
+        return ServerPatch(
+            consecutive_successes=0,
+            consecutive_failures=server.consecutive_failures + 1,
+            last_error=reply.detail,
+            status=ServerStatus.OFFLINE,
+            offline_since=server.offline_since or now,
+            check_interval_s=interval,
+            last_check_at=now,
+            next_check_at=now + int(interval * 1000),
+        )
+    successes = server.consecutive_successes + 1
+    interval = server.check_interval_s
+    if successes > policy.backoff_after:
+        interval = min(policy.interval_max_s, interval * policy.growth)
+    interval = _bounded(interval, policy)
+    # A passing check re-admits an ejected server only once its time is over; until then it
+    # stays out, with the ejection's reason as its last error.
+    kept_out = server.ejected and not ejection.may_readmit(server, now=now)
+    values = ServerPatch(
+        consecutive_successes=successes,
+        consecutive_failures=0,
+        last_success_at=now,
+        offline_since=None,
+        last_error=UNSET if kept_out else None,
+        # Written even when it was online at read time: a failed dispatch may have taken it
+        # offline meanwhile, and a passing check is what brings it back.
+        status=ServerStatus.ONLINE,
+        check_interval_s=interval,
+        last_check_at=now,
+        next_check_at=now + int(interval * 1000),
+    )
+    readmitted = server.ejected and not kept_out
+    return (values | ejection.READMITTED) if readmitted else values
+
+
+def _bounded(interval_s: float, policy: HealthPolicy) -> float:
+    return max(policy.interval_min_s, min(policy.interval_max_s, interval_s))
 
 
 def describe_change(server: Server, reply: HealthReply, *, now: int) -> tuple[int, str] | None:
@@ -246,10 +246,10 @@ class HealthMonitor(Wakeable):
         reply = await self._probe(server.health_url, api_key=server.api_key)
         self.observer.health_checked(server_id, healthy=reply.healthy)
         now = self.clock.now_ms()
-        values = next_state(server, reply, now=now, policy=self.policy)
-        values["checked_by"] = self.membership.node_id
+        checker = ServerPatch(checked_by=self.membership.node_id)
+        values = next_state(server, reply, now=now, policy=self.policy) | checker
         self.checks_done += 1
-        checked = dataclasses.replace(server, **values)
+        checked = evolve_server(server, values)
         limit_ms = int(self.policy.offline_removal_s * 1000)
         if registry.offline_too_long(checked, now=now, limit_ms=limit_ms):
             self.forget(server_id)
@@ -266,12 +266,12 @@ class HealthMonitor(Wakeable):
             # since it was read: judge the same reply again on what the server is now, so that
             # the ejection's error stays and an old `offline_since` does not come back.
             server = fresh
-            values = next_state(server, reply, now=now, policy=self.policy)
-            values["checked_by"] = self.membership.node_id
+            values = next_state(server, reply, now=now, policy=self.policy) | checker
+            checked = evolve_server(server, values)
             if not await self._record(server, values):
                 return  # changing under us twice: the next check records it
         if server_id not in self._due:  # a fresh registration may have rescheduled it
-            self.schedule(server_id, values["next_check_at"])
+            self.schedule(server_id, checked.next_check_at)
         change = describe_change(server, reply, now=now)
         if change is not None:
             level, what = change
@@ -279,7 +279,7 @@ class HealthMonitor(Wakeable):
         if server.status is not ServerStatus.ONLINE and reply.healthy:
             self._on_online(server_id)
 
-    async def _record(self, server: Server, values: dict[str, Any]) -> bool:
+    async def _record(self, server: Server, values: ServerPatch) -> bool:
         """Write a check's outcome only onto the registration that was checked (one replaced
         or deleted meanwhile wins) and only if its ejection and maintenance are still as read:
         what `next_state` wrote depends on them (leaving maintenance restarts `offline_since`,
@@ -288,7 +288,7 @@ class HealthMonitor(Wakeable):
             server.id,
             values,
             revision=server.revision,
-            expect={"ejected": server.ejected, "maintenance": server.maintenance},
+            expect=ServerPatch(ejected=server.ejected, maintenance=server.maintenance),
             lazy=True,  # shares a commit with the other checks of the same 0.1 s
         )
 

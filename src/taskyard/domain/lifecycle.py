@@ -10,6 +10,7 @@ import random
 from dataclasses import replace
 from typing import Any
 
+from taskyard.domain.changes import UNSET, TaskPatch, evolve_task
 from taskyard.domain.dispatch import retry_delay_s
 from taskyard.domain.models import AttemptRecord, ErrorCode, SlotHold, Task, TaskStatus
 from taskyard.domain.ports import TaskUpdate
@@ -24,45 +25,48 @@ def start_attempt(
 ) -> tuple[TaskUpdate, Task]:
     """WAITING → PROCESSING on `server_id`; returns the update and the task as it will be."""
     number = task.attempt + 1
-    values: dict[str, Any] = {
-        "status": TaskStatus.PROCESSING,
-        "server_id": server_id,
-        "attempt": number,
-        "node_id": node_id,
-        "acked": False,
-        "deadline_at": now + int(task.timeout_s * 1000),
-        "started_at": task.started_at or now,
-        "callback_url": callback_url,
-        "updated_at": now,
-        "attempts": (*task.attempts, AttemptRecord(number, server_id, now, node_id=node_id)),
-    }
+    patch = TaskPatch(
+        status=TaskStatus.PROCESSING,
+        server_id=server_id,
+        attempt=number,
+        node_id=node_id,
+        acked=False,
+        deadline_at=now + int(task.timeout_s * 1000),
+        started_at=task.started_at or now,
+        callback_url=callback_url,
+        updated_at=now,
+        attempts=(*task.attempts, AttemptRecord(number, server_id, now, node_id=node_id)),
+    )
     # Waiting since it was created, or since its last attempt ended (backoff included).
     waiting_since = task.attempts[-1].ended_at if task.attempts else None
     waited = Tally(Event.QUEUE_WAIT, now, task.model, ms=now - (waiting_since or task.created_at))
     update = TaskUpdate(
         task.id,
-        values,
+        patch,
         expect_status=(TaskStatus.WAITING,),
         expect_attempt=task.attempt,
         tallies=(waited,),
     )
-    return update, _evolve(task, values)
+    return update, evolve_task(task, patch)
 
 
 def finish(task: Task, *, result: Any, now: int) -> tuple[TaskUpdate, Task]:
     """The running attempt returned a result: FINISHED."""
-    values = _close(task, now=now) | {
-        "status": TaskStatus.FINISHED,
-        "result": result,
-        "progress": 100.0,
-        "finished_at": now,
-    }
+    patch = TaskPatch(
+        status=TaskStatus.FINISHED,
+        result=result,
+        progress=100.0,
+        finished_at=now,
+        attempts=_closed(task, now=now),
+        deadline_at=None,
+        updated_at=now,
+    )
     tallies = (
         Tally(Event.FINISHED, now, task.model),
         *_attempt_ended(task, now, OK),
         *_processed(task, now),
     )
-    return _on_attempt(task, values, tallies), _evolve(task, values)
+    return _on_attempt(task, patch, tallies), evolve_task(task, patch)
 
 
 def fail(
@@ -77,20 +81,22 @@ def fail(
 ) -> tuple[TaskUpdate, Task]:
     """The running attempt failed for good: FAILED, no retry. `attempt_error` and
     `attempt_code` (default `error`, `code`) go into the attempt's record, those onto the task."""
-    values = _close(task, now=now, error=attempt_error or error, code=attempt_code or code) | {
-        "status": TaskStatus.FAILED,
-        "error": error,
-        "error_code": code.value,
-        "finished_at": now,
-    }
-    if result is not None:
-        values["result"] = result
+    patch = TaskPatch(
+        status=TaskStatus.FAILED,
+        error=error,
+        error_code=code.value,
+        finished_at=now,
+        result=UNSET if result is None else result,
+        attempts=_closed(task, now=now, error=attempt_error or error, code=attempt_code or code),
+        deadline_at=None,
+        updated_at=now,
+    )
     tallies = (
         Tally(Event.FAILED, now, task.model, code=code.value),
         *_attempt_ended(task, now, (attempt_code or code).value),
         *_processed(task, now),
     )
-    return _on_attempt(task, values, tallies), _evolve(task, values)
+    return _on_attempt(task, patch, tallies), evolve_task(task, patch)
 
 
 def retry_or_fail(
@@ -108,14 +114,8 @@ def retry_or_fail(
         summary = f"{error} (after {task.attempt} attempts)"
         return fail(task, error=summary, code=code, now=now, attempt_error=error)
     delay = retry_delay_s(task.attempt, base_s=retry_base_s, max_s=retry_max_s, rng=rng)
-    values = _close(task, now=now, error=error, code=code) | {
-        "status": TaskStatus.WAITING,
-        "server_id": None,
-        "node_id": None,
-        "deadline_at": None,
-        "next_attempt_at": now + int(delay * 1000),
-    }
-    return _on_attempt(task, values, _attempt_ended(task, now, code.value)), _evolve(task, values)
+    patch = _requeued(task, now=now, error=error, code=code, due=now + int(delay * 1000))
+    return _on_attempt(task, patch, _attempt_ended(task, now, code.value)), evolve_task(task, patch)
 
 
 def reject(
@@ -147,44 +147,40 @@ def reject(
         )
     if not others_serve or task.attempts_left <= 0:
         return fail(task, error=error, code=code, now=now)
-    values = _close(task, now=now, error=error, code=code) | {
-        "status": TaskStatus.WAITING,
-        "server_id": None,
-        "node_id": None,
-        "deadline_at": None,
-        "next_attempt_at": now,
-    }
-    return _on_attempt(task, values, _attempt_ended(task, now, code.value)), _evolve(task, values)
+    patch = _requeued(task, now=now, error=error, code=code, due=now)
+    return _on_attempt(task, patch, _attempt_ended(task, now, code.value)), evolve_task(task, patch)
 
 
 def retry_manually(task: Task, *, now: int) -> tuple[TaskUpdate, Task]:
     """FAILED or CANCELLED → WAITING, by its owner or an admin: the same task with a fresh
     attempt budget and queue timeout; its earlier attempts stay in the history."""
-    values: dict[str, Any] = {
-        "status": TaskStatus.WAITING,
-        "attempt_base": task.attempt,
-        "server_id": None,
-        "node_id": None,
-        "acked": False,
-        "result": None,
-        "progress": None,
-        "error": None,
-        "error_code": None,
-        "finished_at": None,
-        "deadline_at": None,
-        "next_attempt_at": now,
-        "updated_at": now,
-    }
-    if task.queue_deadline_at is not None:
-        values["queue_deadline_at"] = now + (task.queue_deadline_at - task.created_at)
+    queue_deadline = task.queue_deadline_at
+    patch = TaskPatch(
+        status=TaskStatus.WAITING,
+        attempt_base=task.attempt,
+        server_id=None,
+        node_id=None,
+        acked=False,
+        result=None,
+        progress=None,
+        error=None,
+        error_code=None,
+        finished_at=None,
+        deadline_at=None,
+        next_attempt_at=now,
+        updated_at=now,
+        queue_deadline_at=(
+            UNSET if queue_deadline is None else now + (queue_deadline - task.created_at)
+        ),
+    )
     update = TaskUpdate(
         task.id,
-        values,
+        patch,
         expect_status=(TaskStatus.FAILED, TaskStatus.CANCELLED),
         expect_attempt=task.attempt,
         tallies=(Tally(Event.RETRIED, now, task.model),),
     )
-    return update, _evolve(task, values)
+    return update, evolve_task(task, patch)
 
 
 def hold_slot(task: Task, *, until: int, cancel_at: int | None) -> SlotHold | None:
@@ -203,23 +199,21 @@ def hold_slot(task: Task, *, until: int, cancel_at: int | None) -> SlotHold | No
 
 def acknowledge(task: Task, *, progress: float | None, now: int) -> tuple[TaskUpdate, Task]:
     """The backend took the attempt (202) or reported progress; it will call back."""
-    values: dict[str, Any] = {"acked": True, "updated_at": now}
-    if progress is not None:
-        values["progress"] = progress
-    return _on_attempt(task, values), _evolve(task, values)
+    patch = TaskPatch(acked=True, updated_at=now, progress=UNSET if progress is None else progress)
+    return _on_attempt(task, patch), evolve_task(task, patch)
 
 
 def expire_in_queue(task: Task, *, now: int) -> TaskUpdate:
     """Still WAITING at its queue deadline: FAILED with no_capacity_deadline."""
     return TaskUpdate(
         task.id,
-        {
-            "status": TaskStatus.FAILED,
-            "error": "no server took the task before its queue deadline",
-            "error_code": ErrorCode.NO_CAPACITY_DEADLINE.value,
-            "finished_at": now,
-            "updated_at": now,
-        },
+        TaskPatch(
+            status=TaskStatus.FAILED,
+            error="no server took the task before its queue deadline",
+            error_code=ErrorCode.NO_CAPACITY_DEADLINE.value,
+            finished_at=now,
+            updated_at=now,
+        ),
         expect_status=(TaskStatus.WAITING,),
         expect_attempt=task.attempt,
         tallies=(Tally(Event.FAILED, now, task.model, code=ErrorCode.NO_CAPACITY_DEADLINE.value),),
@@ -229,32 +223,33 @@ def expire_in_queue(task: Task, *, now: int) -> TaskUpdate:
 def cancel(task: Task, *, now: int, grace_ms: int) -> tuple[TaskUpdate, Task]:
     """WAITING or PROCESSING → CANCELLED. A running attempt's slot stays held (and its
     backend is sent a cancel) until the backend lets go, or `grace_ms` past its deadline."""
-    values: dict[str, Any] = {
-        "status": TaskStatus.CANCELLED,
-        "finished_at": now,
-        "updated_at": now,
-        "deadline_at": None,
-    }
+    running = task.status is TaskStatus.PROCESSING
+    patch = TaskPatch(
+        status=TaskStatus.CANCELLED,
+        finished_at=now,
+        updated_at=now,
+        deadline_at=None,
+        attempts=_closed(task, now=now, error="cancelled") if running else UNSET,
+    )
     tallies = [Tally(Event.CANCELLED, now, task.model)]
-    if task.status is TaskStatus.PROCESSING:
-        values |= _close(task, now=now, error="cancelled", code=None)
+    if running:
         tallies += _attempt_ended(task, now, CANCELLED)
     update = TaskUpdate(
         task.id,
-        values,
+        patch,
         expect_status=OPEN,
         expect_attempt=task.attempt,
         tallies=tuple(tallies),
         hold=hold_slot(task, until=(task.deadline_at or now) + grace_ms, cancel_at=now),
     )
-    return update, _evolve(task, values)
+    return update, evolve_task(task, patch)
 
 
-def _on_attempt(task: Task, values: dict[str, Any], tallies: tuple[Tally, ...] = ()) -> TaskUpdate:
+def _on_attempt(task: Task, patch: TaskPatch, tallies: tuple[Tally, ...] = ()) -> TaskUpdate:
     """Condition an update on the task still running this very attempt on this server."""
     return TaskUpdate(
         task.id,
-        values,
+        patch,
         expect_status=RUNNING,
         expect_attempt=task.attempt,
         expect_server=task.server_id,
@@ -278,18 +273,26 @@ def _processed(task: Task, now: int) -> tuple[Tally, ...]:
     return (Tally(Event.PROCESSING, now, task.model, ms=now - task.started_at),)
 
 
-def _close(
+def _requeued(task: Task, *, now: int, error: str, code: ErrorCode, due: int) -> TaskPatch:
+    """Back to WAITING, due again at `due`: the attempt closed, its server let go."""
+    return TaskPatch(
+        status=TaskStatus.WAITING,
+        server_id=None,
+        node_id=None,
+        deadline_at=None,
+        next_attempt_at=due,
+        attempts=_closed(task, now=now, error=error, code=code),
+        updated_at=now,
+    )
+
+
+def _closed(
     task: Task, *, now: int, error: str | None = None, code: ErrorCode | None = None
-) -> dict[str, Any]:
-    """Mark the current attempt as ended in the task's attempt history."""
+) -> tuple[AttemptRecord, ...]:
+    """The task's attempt history with its current attempt marked as ended."""
     attempts = list(task.attempts)
     if attempts and attempts[-1].number == task.attempt and attempts[-1].ended_at is None:
         attempts[-1] = replace(
             attempts[-1], ended_at=now, error=error, error_code=code.value if code else None
         )
-    return {"attempts": tuple(attempts), "updated_at": now, "deadline_at": None}
-
-
-def _evolve(task: Task, values: dict[str, Any]) -> Task:
-    fields = {k: v for k, v in values.items() if k not in ("node_id", "acked")}
-    return replace(task, **fields)
+    return tuple(attempts)

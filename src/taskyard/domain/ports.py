@@ -10,11 +10,12 @@ for fast domain tests; `AiohttpBackendClient` (backends.py) the `BackendClient`;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from taskyard.domain.changes import ServerCounter, ServerPatch, TaskPatch
 from taskyard.domain.models import Node, Server, SlotHold, Task, TaskStatus
 from taskyard.domain.tallies import Event, Tally, TallySum
 
@@ -23,14 +24,15 @@ from taskyard.domain.tallies import Event, Tally, TallySum
 
 @dataclass(frozen=True, slots=True)
 class TaskUpdate:
-    """Set `values` on a task only if it is still in the expected state.
+    """Write `patch` on a task only if it is still in the expected state.
 
     Every state change is such a compare-and-set, so two actors racing on one task (a callback
-    and the deadline sweep, two coordinators) can never both win.
+    and the deadline sweep, two coordinators) can never both win. A patch that writes nothing
+    still tells whether the task is in that state.
     """
 
     task_id: str
-    values: Mapping[str, Any] = field(default_factory=dict)
+    patch: TaskPatch = field(default_factory=TaskPatch)
     expect_status: Collection[TaskStatus] | None = None
     expect_attempt: int | None = None
     expect_server: str | None = None
@@ -85,14 +87,16 @@ class Store(Protocol):
 
     # tasks
     async def add_task(self, task: Task, *, unfinished_cap: int = 0) -> None:
-        """Store a new task; it counts as `created` in the tallies. With a cap: raise
-        `errors.QuotaExceeded`, storing nothing, if its owner would then have more than
-        `unfinished_cap` WAITING or PROCESSING tasks (counted atomically with the insert)."""
+        """Store a new task; it counts as `created` in the tallies. Raise `errors.TaskExists`
+        if its id is taken. With a cap: raise `errors.QuotaExceeded`, storing nothing, if its
+        owner would then have more than `unfinished_cap` WAITING or PROCESSING tasks (counted
+        atomically with the insert)."""
         ...
 
     async def add_tasks(self, batch: Iterable[Task], *, unfinished_cap: int = 0) -> None:
         """Store new tasks of one owner in one transaction, as `add_task` each: all of them,
-        or none (a taken id, or past the cap counted with the batch)."""
+        or none (`TaskExists` for an id taken before or twice in the batch; `QuotaExceeded`
+        past the cap counted with the batch)."""
         ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
@@ -194,21 +198,24 @@ class Store(Protocol):
     async def update_server(
         self,
         server_id: str,
-        values: Mapping[str, Any],
+        patch: ServerPatch,
         *,
         revision: str | None = None,
-        expect: Mapping[str, Any] | None = None,
+        expect: ServerPatch | None = None,
         lazy: bool = False,
     ) -> bool:
-        """Set `values` on a server; only on its registration `revision`, and only if its
-        fields still have the `expect`ed values, when given. `lazy`: the write may wait a
-        little to share a commit with others (a health check's outcome)."""
+        """Write `patch` on a server; only on its registration `revision`, and only if its
+        fields still have the values `expect` gives (None among them), when given; whether it
+        matched. `lazy`: the write may wait a little to share a commit with others (a health
+        check's outcome)."""
         ...
 
-    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
-        """Add one to a counter column in the database (never read-modify-write, so that
-        nodes counting at once lose nothing); the new value, or None if the registration is
-        gone."""
+    async def increment_server(
+        self, server_id: str, counter: ServerCounter, *, revision: str
+    ) -> int | None:
+        """Add one to a counter in the database (never read-modify-write, so that nodes
+        counting at once lose nothing); the new value, or None if the registration is gone.
+        Raises ValueError for a field that is not a counter."""
         ...
 
     async def delete_servers(self, server_ids: Collection[str]) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskyard.domain import ejection
+from taskyard.domain.changes import UNSET, ServerPatch
 from taskyard.domain.models import JSON, Server, ServerStatus
 
 
@@ -69,12 +70,10 @@ def new_server(
     )
 
 
-def heartbeat_values(server: Server, *, now: int, load: JSON | None) -> dict[str, Any]:
-    values: dict[str, Any] = {"last_heartbeat": now}
-    if load is not None:
-        values["reported_load"] = load
+def heartbeat_values(server: Server, *, now: int, load: JSON | None) -> ServerPatch:
+    values = ServerPatch(last_heartbeat=now, reported_load=UNSET if load is None else load)
     if not server.health_url and server.status is ServerStatus.OFFLINE:
-        values |= {"status": ServerStatus.ONLINE, "offline_since": None, "dispatch_failures": 0}
+        values |= ServerPatch(status=ServerStatus.ONLINE, offline_since=None, dispatch_failures=0)
     if not server.health_url and ejection.may_readmit(server, now=now):
         values |= ejection.READMITTED  # its heartbeat stands in for a passing check
     return values
@@ -82,27 +81,23 @@ def heartbeat_values(server: Server, *, now: int, load: JSON | None) -> dict[str
 
 def maintenance_values(
     server: Server, *, enabled: bool, reason: str | None, now: int
-) -> dict[str, Any]:
+) -> ServerPatch:
     """Into maintenance (no new tasks; those running finish), or out of it: back in rotation
     after its next passing health check (at once without a health URL)."""
     if enabled:
-        return {
-            "maintenance": True,
-            "maintenance_reason": reason,
-            "maintenance_since": server.maintenance_since if server.maintenance else now,
-        }
-    values: dict[str, Any] = {
-        "maintenance": False,
-        "maintenance_reason": None,
-        "maintenance_since": None,
-    }
+        return ServerPatch(
+            maintenance=True,
+            maintenance_reason=reason,
+            maintenance_since=server.maintenance_since if server.maintenance else now,
+        )
+    values = ServerPatch(maintenance=False, maintenance_reason=None, maintenance_since=None)
     if server.maintenance and server.health_url:
-        values |= {
-            "status": ServerStatus.OFFLINE,
-            "offline_since": now,
-            "last_error": "back from maintenance: waiting for a passing health check",
-            "next_check_at": now,
-        }
+        values |= ServerPatch(
+            status=ServerStatus.OFFLINE,
+            offline_since=now,
+            last_error="back from maintenance: waiting for a passing health check",
+            next_check_at=now,
+        )
     return values
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    Table,
     and_,
     bindparam,
     func,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 
+from taskyard.domain.changes import ServerCounter
 from taskyard.domain.models import (
     ServerStatus,
     Task,
@@ -203,18 +205,24 @@ FINAL = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 FINAL_VALUES = [s.value for s in FINAL]
 
 
+# The parameters of the expected statuses, by position (w_s0, w_s1...).
+_EXPECTED_STATUS = tuple(f"w_s{i}" for i in range(len(TaskStatus)))
+
+
 def apply(conn: Connection, change: TaskUpdate) -> bool:
-    values = rowmap.task_values(change.values)
-    statuses = [s.value for s in change.expect_status or ()]
+    # The SET parameters are named by their columns; the WHERE ones start with w_.
+    params = rowmap.task_patch_row(change.patch)
+    statuses = change.expect_status or ()
     stmt = update_statement(
-        tuple(sorted(values)),
+        tuple(params),  # in the patch's field order: one statement per set of columns
         len(statuses),
         change.expect_attempt is not None,
         change.expect_server is not None,
     )
-    params = {f"v_{k}": v for k, v in values.items()}
-    params |= {f"w_s{i}": status for i, status in enumerate(statuses)}
-    params |= {"w_id": change.task_id, "w_attempt": change.expect_attempt}
+    for name, status in zip(_EXPECTED_STATUS, statuses, strict=False):
+        params[name] = status.value
+    params["w_id"] = change.task_id
+    params["w_attempt"] = change.expect_attempt
     params["w_server"] = change.expect_server
     matched = stmt.rowcount(conn, params) > 0
     if matched and change.tallies:
@@ -231,12 +239,14 @@ def update_statement(
     """One compiled shape per kind of state change, reused with new parameters."""
     stmt = update(tasks).where(tasks.c.id == bindparam("w_id"))
     if statuses:
-        stmt = stmt.where(tasks.c.status.in_([bindparam(f"w_s{i}") for i in range(statuses)]))
+        stmt = stmt.where(
+            tasks.c.status.in_([bindparam(_EXPECTED_STATUS[i]) for i in range(statuses)])
+        )
     if by_attempt:
         stmt = stmt.where(tasks.c.attempt == bindparam("w_attempt"))
     if by_server:
         stmt = stmt.where(tasks.c.server_id == bindparam("w_server"))
-    return Statement(stmt.values({column: bindparam(f"v_{column}") for column in columns}))
+    return Statement(stmt.values(_set(tasks, {c: bindparam(c) for c in columns})))
 
 
 @functools.lru_cache(maxsize=8)
@@ -244,7 +254,7 @@ def insert_tasks(columns: tuple[str, ...]) -> Statement:
     return Statement(insert(tasks).values({column: bindparam(column) for column in columns}))
 
 
-SERVER_COUNTERS = ("dispatch_failures", "consecutive_rejections")
+SERVER_COUNTERS = frozenset(get_args(ServerCounter))
 
 
 @functools.lru_cache(maxsize=256)
@@ -257,5 +267,12 @@ def server_update(
     if by_revision:
         stmt = stmt.where(servers.c.revision == bindparam("_revision"))
     for column in expect:
-        stmt = stmt.where(servers.c[column] == bindparam(f"_expect_{column}"))
-    return Statement(stmt.values({column: bindparam(column) for column in columns}))
+        # NULL-safe: an expected None is a value like any other.
+        stmt = stmt.where(servers.c[column].is_not_distinct_from(bindparam(f"_expect_{column}")))
+    return Statement(stmt.values(_set(servers, {c: bindparam(c) for c in columns})))
+
+
+def _set(table: Table, values: dict[Any, Any]) -> dict[Any, Any]:
+    """An UPDATE's SET clause; `id = id` for a change of nothing, which then still tells
+    whether its conditions matched (an empty SET is no SQL)."""
+    return values or {table.c.id: table.c.id}

@@ -1,4 +1,5 @@
-"""Rows and domain objects: the one place that knows how a `Task` or a `Server` is stored.
+"""Rows and domain objects: the one place that knows how a `Task` or a `Server` is stored, and
+how a change of one (`TaskPatch`, `ServerPatch`) is written.
 
 Domain fields and columns share their names; JSON fields (a task's request, result and
 attempts; a server's models, extra fields and reported load) are stored as JSON text, and
@@ -8,12 +9,12 @@ statuses as their values.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from sqlalchemy import Result, Row
 
+from taskyard.domain.changes import ServerPatch, TaskPatch
 from taskyard.domain.models import AttemptRecord, Server, ServerStatus, Task, TaskStatus
 from taskyard.domain.tallies import TallySum
 
@@ -24,8 +25,14 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def task_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    row = dict(values)
+def task_patch_row(patch: TaskPatch) -> dict[str, Any]:
+    """The columns a task's change writes, with their values as stored, in the patch's field
+    order (a statement per set of columns: `queries.update_statement`)."""
+    return _task_columns(patch.changed())
+
+
+def _task_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """Encode, in place, the JSON fields among a task's fields."""
     for key in JSON_TASK_FIELDS:
         if key in row and row[key] is not None:
             row[key] = dumps(row[key])
@@ -42,7 +49,7 @@ SERVER_FIELDS = tuple(
 
 
 def task_row(task: Task) -> dict[str, Any]:
-    return task_values({name: getattr(task, name) for name in TASK_FIELDS})
+    return _task_columns({name: getattr(task, name) for name in TASK_FIELDS})
 
 
 def dicts(result: Result[Any]) -> list[dict[str, Any]]:
@@ -75,8 +82,14 @@ def tally_sum(row: Row[Any]) -> TallySum:
     return TallySum(**fields)
 
 
-def server_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    row = dict(values)
+def server_patch_row(patch: ServerPatch) -> dict[str, Any]:
+    """The columns a server's change writes (or, as an `expect`, compares), with their values
+    as stored, in the patch's field order."""
+    return _server_columns(patch.changed())
+
+
+def _server_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """Encode, in place, the JSON fields and the status among a server's fields."""
     for key in ("models", "extra", "reported_load"):
         if key in row and row[key] is not None:
             row[key] = dumps(list(row[key]) if key == "models" else row[key])
@@ -86,7 +99,7 @@ def server_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def server_row(server: Server) -> dict[str, Any]:
-    return server_values({name: getattr(server, name) for name in SERVER_FIELDS})
+    return _server_columns({name: getattr(server, name) for name in SERVER_FIELDS})
 
 
 def server_from_columns(columns: dict[str, Any]) -> Server:

@@ -3,9 +3,10 @@ PostgreSQL; where they run (and every other dialect difference) is `runners.py`'
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from taskyard import errors
+from taskyard.domain.changes import ServerCounter, ServerPatch
 from taskyard.domain.models import (
     Node,
     Server,
@@ -63,6 +65,11 @@ def _setting_default(name: str) -> Any:
 
 
 _UNFINISHED = "taskyard_unfinished"  # Connection.info: owner → unfinished tasks, this transaction
+
+
+def _stored_ids(conn: Connection, ids: list[str]) -> set[str]:
+    """Those of `ids` that are stored."""
+    return set(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(ids))).scalars())
 
 
 def _begin(conn: Connection) -> None:
@@ -144,15 +151,25 @@ class SqlStore:
             rollups.record(conn, [Tally(Event.CREATED, t.created_at, t.model) for t in batch])
             return None
 
+        ids = [task.id for task in stored]
+
         def replay(conn: Connection) -> int | None:
             # After a COMMIT that got no answer: store (and count) only what did not make it.
-            ids = [task.id for task in stored]
-            found = set(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(ids))).scalars())
+            found = _stored_ids(conn, ids)
             return insert_and_count(conn, [task for task in stored if task.id not in found])
 
-        refused = await self.writes.run(
-            lambda conn: insert_and_count(conn, stored), replay=replay, shed=True
-        )
+        try:
+            refused = await self.writes.run(
+                lambda conn: insert_and_count(conn, stored), replay=replay, shed=True
+            )
+        except sqlalchemy.exc.IntegrityError as exc:
+            # The domain's error when it is a taken id (the primary key); the driver's for
+            # anything else.
+            found = await self.runner.read(lambda conn: _stored_ids(conn, ids))
+            taken = errors.TaskExists.among(ids, found)
+            if taken is None:
+                raise
+            raise taken from exc
         if refused is not None:
             raise errors.QuotaExceeded.unfinished(stored[0].owner, refused, unfinished_cap)
 
@@ -388,27 +405,30 @@ class SqlStore:
     async def update_server(
         self,
         server_id: str,
-        values: Mapping[str, Any],
+        patch: ServerPatch,
         *,
         revision: str | None = None,
-        expect: Mapping[str, Any] | None = None,
+        expect: ServerPatch | None = None,
         lazy: bool = False,
     ) -> bool:
-        row, expected = rowmap.server_values(values), rowmap.server_values(expect or {})
-        stmt = queries.server_update(tuple(row), revision is not None, tuple(expected))
-        params = {**row, **{f"_expect_{k}": v for k, v in expected.items()}}
+        params = rowmap.server_patch_row(patch)
+        expected = rowmap.server_patch_row(expect) if expect is not None else {}
+        stmt = queries.server_update(tuple(params), revision is not None, tuple(expected))
+        params |= {f"_expect_{k}": v for k, v in expected.items()}
         params |= {"_server_id": server_id, "_revision": revision}
         return await self.writes.run(lambda conn: stmt.rowcount(conn, params) > 0, lazy=lazy)
 
-    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
-        if column not in queries.SERVER_COUNTERS:
-            raise ValueError(f"servers.{column} is not a counter")
-        counter = servers.c[column]
+    async def increment_server(
+        self, server_id: str, counter: ServerCounter, *, revision: str
+    ) -> int | None:
+        if counter not in queries.SERVER_COUNTERS:
+            raise ValueError(f"servers.{counter} is not a counter")
+        column = servers.c[counter]
         stmt = (
             update(servers)
             .where(servers.c.id == server_id, servers.c.revision == revision)
-            .values({column: counter + 1})
-            .returning(counter)
+            .values({column: column + 1})
+            .returning(column)
         )
 
         def op(conn: Connection) -> int | None:

@@ -2,7 +2,7 @@
 
 It keeps SqlStore's semantics (conditional updates, claims on fresh data with exact in-flight
 counts, the queue and sweep orders, leases, nodes), so domain logic can be tested in
-milliseconds without a database; `tests/storage/test_store_contract.py` runs the same tests on
+milliseconds without a database; `tests/storage/contract/` runs the same tests on
 both to keep it honest. What only a database shows (locking, several processes, durability,
 query plans) stays with the real stores and processes.
 
@@ -13,14 +13,20 @@ before it, it gives other tasks one turn of the event loop, as a real store's I/
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import orjson
 
 from taskyard import errors
+from taskyard.domain.changes import (
+    UNSET,
+    ServerCounter,
+    ServerPatch,
+    evolve_server,
+    evolve_task,
+)
 from taskyard.domain.models import (
     FINAL_STATUSES,
     Node,
@@ -34,10 +40,6 @@ from taskyard.domain.ports import ClaimPlan, ModelQueue, Store, TaskQuery, TaskU
 from taskyard.domain.tallies import GROUPABLE, Event, Tally, TallySum
 
 __all__ = ["MemoryStore"]
-
-_TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(Task))
-_ROW_ONLY = frozenset({"node_id", "acked"})  # columns the domain writes but never reads back
-_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(Server)) - {"in_flight", "held"}
 
 
 @dataclass(slots=True)
@@ -91,10 +93,10 @@ class MemoryStore:
             unfinished = min(unfinished, unfinished_cap)  # as SqlStore counts: up to the cap
             if unfinished + len(tasks) > unfinished_cap:
                 raise errors.QuotaExceeded.unfinished(owner, unfinished, unfinished_cap)
-        rows = {task.id: _TaskRow(_stored_task(task)) for task in tasks}
-        if len(rows) < len(tasks) or rows.keys() & self._tasks.keys():
-            raise ValueError("a task id is already stored (the primary key)")
-        self._tasks |= rows
+        taken = errors.TaskExists.among((task.id for task in tasks), self._tasks.keys())
+        if taken is not None:
+            raise taken
+        self._tasks |= {task.id: _TaskRow(_stored_task(task)) for task in tasks}
         self._tallies += [Tally(Event.CREATED, t.created_at, t.model) for t in tasks]
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -243,13 +245,12 @@ class MemoryStore:
             return False
         if change.expect_server is not None and task.server_id != change.expect_server:
             return False
-        unknown = change.values.keys() - _TASK_FIELDS - _ROW_ONLY
-        if unknown:
-            raise KeyError(f"tasks have no columns {sorted(unknown)}")
-        fields = {k: v for k, v in change.values.items() if k in _TASK_FIELDS}
-        row.task = _stored_task(replace(task, **fields))
-        row.node_id = change.values.get("node_id", row.node_id)
-        row.acked = bool(change.values.get("acked", row.acked))
+        patch = change.patch
+        row.task = _stored_task(evolve_task(task, patch))
+        if patch.node_id is not UNSET:
+            row.node_id = patch.node_id
+        if patch.acked is not UNSET:
+            row.acked = patch.acked
         self._tallies += change.tallies
         if change.hold is not None:
             self._holds.setdefault((change.hold.task_id, change.hold.attempt), change.hold)
@@ -296,9 +297,10 @@ class MemoryStore:
     async def prune_tallies(self, *, before: int) -> int:
         await _turn()
         kept = [t for t in self._tallies if t.minute >= before]
-        pruned = len(self._tallies) - len(kept)
+        # SqlStore counts rollup rows: one per minute and group, however many tallies.
+        pruned = {_rollup_key(t) for t in self._tallies if t.minute < before}
         self._tallies = kept
-        return pruned
+        return len(pruned)
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -334,33 +336,33 @@ class MemoryStore:
     async def update_server(
         self,
         server_id: str,
-        values: Mapping[str, Any],
+        patch: ServerPatch,
         *,
         revision: str | None = None,
-        expect: Mapping[str, Any] | None = None,
+        expect: ServerPatch | None = None,
         lazy: bool = False,
     ) -> bool:
         await _turn()
-        unknown = (values.keys() | (expect or {}).keys()) - _SERVER_FIELDS
-        if unknown:
-            raise KeyError(f"servers have no columns {sorted(unknown)}")
         server = self._servers.get(server_id)
         if server is None or (revision is not None and server.revision != revision):
             return False
-        if any(getattr(server, k) != v for k, v in (expect or {}).items()):
+        expected = expect.changed() if expect is not None else {}
+        if any(getattr(server, k) != v for k, v in expected.items()):
             return False
-        self._servers[server_id] = _stored_server(replace(server, **values))
+        self._servers[server_id] = _stored_server(evolve_server(server, patch))
         return True
 
-    async def increment_server(self, server_id: str, column: str, *, revision: str) -> int | None:
+    async def increment_server(
+        self, server_id: str, counter: ServerCounter, *, revision: str
+    ) -> int | None:
         await _turn()
-        if column not in ("dispatch_failures", "consecutive_rejections"):
-            raise ValueError(f"servers.{column} is not a counter")
+        if counter not in get_args(ServerCounter):
+            raise ValueError(f"servers.{counter} is not a counter")
         server = self._servers.get(server_id)
         if server is None or server.revision != revision:
             return None
-        value: int = getattr(server, column) + 1
-        changed: dict[str, Any] = {column: value}
+        value: int = getattr(server, counter) + 1
+        changed: dict[str, Any] = {counter: value}
         self._servers[server_id] = replace(server, **changed)
         return value
 
@@ -485,6 +487,11 @@ def _matches(task: Task, query: TaskQuery) -> bool:
     return query.before is None or (task.created_at, task.id) < query.before
 
 
+def _rollup_key(tally: Tally) -> tuple[Any, ...]:
+    """The statistics row a tally is summed into (one node: the node is left out)."""
+    return (tally.minute, tally.event, tally.model, tally.server_id, tally.code, tally.bucket)
+
+
 async def _turn() -> None:
     await asyncio.sleep(0)
 
@@ -497,7 +504,7 @@ def _json_copy(value: Any) -> Any:
 
 def _stored_task(task: Task) -> Task:
     """`task` as a read would return it after a write: its JSON columns copied, its status an
-    enum (a `TaskUpdate` may carry the plain string)."""
+    enum (a `Task` built by hand may carry the plain string)."""
     return replace(
         task,
         status=TaskStatus(task.status),
