@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import jwt
@@ -205,27 +205,19 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
 
-class Taskyard(Proc):
-    """A taskyard coordinator process, with clients for each role."""
+class Backend(Protocol):
+    """What a registration needs of a backend: a `MockBackend`, or an in-process `FakeBackend`
+    (`tests.inprocess`)."""
 
-    def __init__(
-        self, *, database_url: str, workdir: Path, env: dict[str, str], log_level: str = "warning"
-    ) -> None:
-        port = free_port()
-        self.database_url = database_url
-        full_env = clean_env(
-            TASKYARD_JWT_SECRET=SECRET,
-            TASKYARD_DATABASE_URL=database_url,
-            TASKYARD_PORT=str(port),
-            # One process (the one `popen` is), unless a test asks for workers.
-            **{"TASKYARD_WORKERS": "1", **FAST_ENV, **env},
-        )
-        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
-        super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
-        self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
+    server_id: str
+    url: str
 
-    def client(self, roles: list[str], sub: str = "alice", **claims: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=bearer(token(roles, sub, **claims)))
+
+class YardCalls:
+    """What tests do through a node's API, whether the node is a real process (`Taskyard`) or
+    the app in this process (`tests.inprocess.InProcessYard`)."""
+
+    admin: httpx.Client
 
     def task(self, task_id: str) -> dict[str, Any]:
         response = self.admin.get(f"/api/task/{task_id}")
@@ -249,7 +241,7 @@ class Taskyard(Proc):
         body: dict[str, Any] = response.json()
         return body
 
-    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register(self, backend: Backend, **fields: Any) -> dict[str, Any]:
         body = {
             "id": backend.server_id,
             "endpoints": {"predict": backend.url + "/predict", "health": backend.url + "/health"},
@@ -263,7 +255,7 @@ class Taskyard(Proc):
         result: dict[str, Any] = response.json()
         return result
 
-    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register_online(self, backend: Backend, **fields: Any) -> dict[str, Any]:
         result = self.register(backend, **fields)
         wait_for(
             lambda: (self.server(backend.server_id) or {}).get("status") == "online",
@@ -276,6 +268,33 @@ class Taskyard(Proc):
         assert response.status_code == 200, response.text
         task_id: str = response.json()["taskId"]
         return task_id
+
+
+class Taskyard(Proc, YardCalls):
+    """A taskyard coordinator process, with clients for each role."""
+
+    def __init__(
+        self, *, database_url: str, workdir: Path, env: dict[str, str], log_level: str = "warning"
+    ) -> None:
+        port = free_port()
+        self.database_url = database_url
+        full_env = clean_env(
+            TASKYARD_JWT_SECRET=SECRET,
+            TASKYARD_DATABASE_URL=database_url,
+            TASKYARD_PORT=str(port),
+            # One process (the one `popen` is), unless a test asks for workers.
+            **{"TASKYARD_WORKERS": "1", **FAST_ENV, **env},
+        )
+        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
+        super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
+        self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
+
+    def client(self, roles: list[str], sub: str = "alice", **claims: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=bearer(token(roles, sub, **claims)))
+
+    def count_rows(self, table: str) -> int:
+        """Rows in `table`, read straight from the database."""
+        return count_rows(self.database_url, table)
 
 
 class MockBackend(Proc):
