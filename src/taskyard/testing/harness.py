@@ -159,12 +159,13 @@ class Harness:
     async def add_backend(
         self,
         backend: FakeBackend | ASGIApp,
-        server_id: str | None = None,
         *,
+        server_id: str | None = None,
         wait_online: bool = True,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Mount `backend` and register it (`POST /api/servers` with `fields`); with
+        """Mount `backend` (a `FakeBackend`, or any ASGI app, then named by `server_id`) and
+        register it (`POST /api/servers` with `fields`, e.g. `models=["m"]`); with
         `wait_online`, return once its first health check has put it online. Returns the
         registration's answer (its `token` is the server's own)."""
         if isinstance(backend, FakeBackend):
