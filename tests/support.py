@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 import httpx
 import jwt
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from tests import pg
@@ -135,6 +138,41 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+def last_loop_pass(node: YardCalls, loop: str) -> float:
+    """When `loop` ("dispatcher", "chores", "health monitor") last finished an iteration on
+    `node` (its /metrics gauge; wall-clock seconds), 0 if never."""
+    text = node.admin.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "taskyard_loop_last_success_timestamp_seconds"
+                and sample.labels.get("loop") == loop
+            ):
+                return float(sample.value)
+    return 0.0
+
+
+def long_polls_open(node: YardCalls) -> int:
+    """Long polls `node` holds open (its `taskyard_long_polls_open` gauge)."""
+    text = node.admin.get("/metrics").text
+    found = re.search(r"^taskyard_long_polls_open\{[^}]*\} (\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def wait_loop_passes(node: YardCalls, loop: str, passes: int = 2) -> None:
+    """Return once `loop` has run `passes` whole iterations that began after this call: the
+    positive event a check that something did *not* happen waits for. (The first iteration to
+    end may have begun before the call; each later one began after the one before ended.)"""
+
+    def ended_after(since: float) -> float:
+        at = last_loop_pass(node, loop)
+        return at if at > since else 0.0
+
+    mark = time.time()
+    for _ in range(passes + 1):
+        mark = wait_for(partial(ended_after, mark), what=f"a {loop} pass")
 
 
 def until_clear_of_window_edge(window_s: int = 60, margin_s: float = 10.0) -> float:
