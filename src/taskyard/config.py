@@ -22,6 +22,9 @@ from taskyard.ratelimit import parse_rates
 MIN_SECRET_LENGTH = 32  # characters; HS256 wants at least 256 bits of key
 MIN_METRICS_TOKEN_LENGTH = 16
 DEV_SECRET_NAME = "dev-secret"
+# The API's bound on `?wait=` (its OpenAPI document and the SDK's `MAX_WAIT_S` say it too): the
+# longest any long poll may be; TASKYARD_LONG_POLL_MAX_S may only shorten it.
+MAX_LONG_POLL_S = 60.0
 
 
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
@@ -88,6 +91,13 @@ class Settings(BaseSettings):
     rate_limit_storage: str = "memory://"
     max_unfinished_tasks: int = Field(10_000, ge=0)  # WAITING + PROCESSING, per user
     max_open_waits: int = Field(100, ge=0)  # long polls (`?wait=`) open per user and node
+    long_poll_max_s: float = Field(
+        MAX_LONG_POLL_S,
+        gt=0,
+        le=MAX_LONG_POLL_S,
+        description=f"the longest a long poll is held: a `?wait=` (at most {MAX_LONG_POLL_S:g})"
+        " above it is answered after this, with the task as it is then",
+    )
     docs: bool = True  # serve /docs and /redoc (/openapi.json is always served)
     # Slow and greedy clients (cli/serving.py; docs/deploy.md "Slow clients and connection
     # limits"): seconds to send a request head, and open connections per node.

@@ -228,6 +228,7 @@ def create_app(
         storage_url=settings.rate_limit_storage,
     )
     app.state.open_waits = OpenWaits(settings.max_open_waits)
+    app.state.long_poll_max_s = settings.long_poll_max_s
     errors.install(app)
     app.include_router(probes.router)
     app.include_router(tasks.router)

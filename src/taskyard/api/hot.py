@@ -30,7 +30,7 @@ from taskyard.api.deps import authenticate, require_client
 from taskyard.api.errors import domain_error_response
 from taskyard.api.responses import JsonResponse
 from taskyard.api.routes.batch import create_batch_and_answer
-from taskyard.api.routes.tasks import MAX_WAIT_S, create_and_answer
+from taskyard.api.routes.tasks import MAX_WAIT_S, create_and_answer, held_s
 from taskyard.api.schemas import (
     MAX_ATTEMPTS,
     MAX_ID_LENGTH,
@@ -194,6 +194,7 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
+        wait = held_s(state, wait)
         coordinator: Coordinator = state.coordinator
         try:
             principal = await authenticate(state, _bearer(scope), method="GET", route=TASK_ROUTE)

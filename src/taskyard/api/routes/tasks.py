@@ -22,13 +22,16 @@ from taskyard.api.schemas import (
     TaskOut,
     TaskResultIn,
 )
+from taskyard.config import MAX_LONG_POLL_S
 from taskyard.domain.models import JSON, TaskOptions, TaskStatus
 from taskyard.domain.service import Coordinator, Report
 from taskyard.ratelimit import limited
 
 router = APIRouter(prefix="/api/task", tags=["tasks"])
 
-MAX_WAIT_S = 60.0  # longest long poll; proxies commonly cut idle requests not much later
+# The API's bound on `?wait=`; proxies commonly cut idle requests not much later. A node holds
+# a long poll at most TASKYARD_LONG_POLL_MAX_S of it (`held_s`).
+MAX_WAIT_S = MAX_LONG_POLL_S
 
 TaskId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 _FORBIDDEN = "The token lacks the needed role"
@@ -75,6 +78,14 @@ async def create_task(
     )
 
 
+def held_s(state: Any, wait_s: float) -> float:
+    """How long a long poll is held: the `?wait=` asked, at most TASKYARD_LONG_POLL_MAX_S
+    (`create_app` keeps it in the app's state). Past it the task is answered as it is then, as
+    when the wait runs out; clients ask again."""
+    cap: float = state.long_poll_max_s
+    return min(wait_s, cap)
+
+
 async def create_and_answer(
     state: Any,
     coordinator: Coordinator,
@@ -87,6 +98,7 @@ async def create_and_answer(
     """What `POST /api/task` answers (this route and its fast path, `api/hot.py`). A wait is
     counted among the user's open long polls from before the create: over the limit, the
     create is refused and nothing is stored."""
+    wait_s = held_s(state, wait_s)
     with state.open_waits.hold(principal) if wait_s > 0 else contextlib.nullcontext():
         task = await coordinator.create_task(
             owner=principal.sub, request=body, options=options, capped=limited(principal)
@@ -116,6 +128,7 @@ async def get_task(
 ) -> JsonResponse:
     """Read a task (its owner or an admin); with `wait`, answer once it is final (long poll).
     A WAITING task says why it waits (`taskDetails.waiting`)."""
+    wait = held_s(request.app.state, wait)
     if wait > 0:
         with request.app.state.open_waits.hold(principal):
             task = await coordinator.wait_task(task_id, principal=principal, wait_s=wait)
