@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,7 +21,15 @@ import pytest
 
 from taskyard.netguard import Address
 from taskyard.testing import BlockingHarness, FakeBackend, Harness, harness_settings
-from tests.support import FAST_ENV, SECRET, YardCalls, bearer, token
+from tests.support import (
+    FAST_ENV,
+    SECRET,
+    BaseFleet,
+    YardCalls,
+    bearer,
+    fresh_database,
+    token,
+)
 
 # FAST_ENV as `Settings` fields: TASKYARD_HEALTH_TIMEOUT_S → health_timeout_s.
 FAST_SETTINGS = {name.removeprefix("TASKYARD_").lower(): value for name, value in FAST_ENV.items()}
@@ -81,9 +90,30 @@ class InProcessYard(YardCalls):
 
 
 @contextlib.contextmanager
-def in_process_yard(**settings: Any) -> Iterator[InProcessYard]:
-    with InProcessYard(**settings) as yard:
+def shared_yard(kind: str, workdir: Path, **settings: Any) -> Iterator[InProcessYard]:
+    """An in-process node on its own fresh database of `kind` (as `tests.support.shared_taskyard`
+    starts a real one), for module-scoped fixtures with the `db_kind` fixture."""
+    with fresh_database(kind, workdir) as url, InProcessYard(database_url=url, **settings) as yard:
         yield yard
+
+
+def fake_backend(server_id: str, *extra: str) -> FakeBackend:
+    """A `FakeBackend` for `mock_factory`'s arguments (a server id and mock-backend CLI
+    arguments), those with an in-process meaning: `--async` (202; its callback never comes, so
+    `--async --delay-ms N` too), and `--error-rate 1` (every predict a 500)."""
+    backend = FakeBackend(server_id)
+    args = list(extra)
+    while args:
+        arg = args.pop(0)
+        if arg == "--async":
+            backend.accept = True
+        elif arg == "--delay-ms" and "--async" in extra and args:
+            args.pop(0)  # the callback's delay: no callback comes in-process
+        elif arg == "--error-rate" and args and float(args.pop(0)) == 1:
+            backend.fail_status = 500
+        else:
+            raise ValueError(f"no in-process meaning for {arg!r} (of {extra})")
+    return backend
 
 
 @contextlib.contextmanager
@@ -94,3 +124,10 @@ def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         yield
         bad = [r for r in caplog.records[start:] if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, "\n".join(caplog.text.splitlines()[-40:])
+
+
+class InProcessFleet(BaseFleet[InProcessYard, FakeBackend]):
+    """A `BaseFleet` of `FakeBackend`s (made by `fake_backend`) on an in-process node."""
+
+    def __init__(self, yard: InProcessYard) -> None:
+        super().__init__(yard, fake_backend)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import httpx
 import jwt
@@ -430,15 +430,21 @@ def start_taskyard(
     return node
 
 
-class Fleet:
-    """One test's servers and tasks on a coordinator that other tests share.
+Y = TypeVar("Y", bound=YardCalls)
+B = TypeVar("B", bound=Backend)
+
+
+class BaseFleet(Generic[Y, B]):
+    """One test's servers and tasks on a coordinator that other tests share (`Fleet`: a real
+    node and `MockBackend`s; `tests.inprocess.InProcessFleet`: the app in-process and
+    `FakeBackend`s).
 
     Every server it registers serves only `self.model` (unless told otherwise), and its ids
     carry a random tag, so tests sharing the coordinator never take each other's tasks.
     `close()` deletes the servers it registered.
     """
 
-    def __init__(self, yard: Taskyard, mock_factory: Callable[..., MockBackend]) -> None:
+    def __init__(self, yard: Y, mock_factory: Callable[..., B]) -> None:
         import uuid
 
         self.yard = yard
@@ -451,26 +457,26 @@ class Fleet:
         """A server id unique to this test."""
         return f"{name}-{self.tag}"
 
-    def mocks(self, *specs: str | tuple[str, ...]) -> list[MockBackend]:
+    def mocks(self, *specs: str | tuple[str, ...]) -> list[B]:
         """Start mock backends in parallel; a spec is a name or (name, *CLI args)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def start(spec: str | tuple[str, ...]) -> MockBackend:
+        def start(spec: str | tuple[str, ...]) -> B:
             name, *args = (spec,) if isinstance(spec, str) else spec
             return self._mock_factory(self.sid(name), *args)
 
         with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
             return list(pool.map(start, specs))
 
-    def _fields(self, backend: MockBackend, fields: dict[str, Any]) -> dict[str, Any]:
+    def _fields(self, backend: B, fields: dict[str, Any]) -> dict[str, Any]:
         fields.setdefault("models", [self.model])
         self.server_ids.append(fields.get("id", backend.server_id))
         return fields
 
-    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register(self, backend: B, **fields: Any) -> dict[str, Any]:
         return self.yard.register(backend, **self._fields(backend, fields))
 
-    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register_online(self, backend: B, **fields: Any) -> dict[str, Any]:
         return self.yard.register_online(backend, **self._fields(backend, fields))
 
     def register_raw(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +494,10 @@ class Fleet:
     def close(self) -> None:
         for server_id in dict.fromkeys(self.server_ids):
             self.yard.admin.delete(f"/api/servers/{server_id}")
+
+
+class Fleet(BaseFleet[Taskyard, MockBackend]):
+    """A `BaseFleet` of `MockBackend` processes on a real node."""
 
 
 def mock_info(backend: MockBackend) -> dict[str, Any]:
