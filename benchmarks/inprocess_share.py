@@ -6,8 +6,10 @@ wrote:
         .venv/bin/python -m pytest -p inprocess_share -n auto --dist loadfile
     .venv/bin/python benchmarks/inprocess_share.py /tmp/shape
 
-A test counts as "with a real process" when the test process has a child at the moment the
-test's call begins (a module-scoped node counts for every test of its module).
+A test counts as "with a real process" when the test process has a child as the test's call
+begins or as it ends (a module-scoped node counts for every test of its module; a node a test
+starts itself, through a fixture's factory, is still running as its call ends). A process
+started and stopped within the call is not seen.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def _has_children() -> bool:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> object:
-    _seen[item.nodeid] = _has_children()
+    before = _has_children()
     yield
+    _seen[item.nodeid] = before or _has_children()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -54,7 +54,8 @@ def harness_settings(**overrides: Any) -> Settings:
 
 class Harness:
     """The app over `MemoryStore` (or `store`), its backends in-process; an async context
-    manager that runs the app's lifespan. Clients it makes are closed with it."""
+    manager that runs the app's lifespan. `admin` is closed with it; close what `client()`
+    makes (`async with`)."""
 
     def __init__(
         self,
@@ -70,8 +71,10 @@ class Harness:
             raise ValueError("pass a `store` or `database=True`, not both")
         self.settings = settings if settings is not None else harness_settings()
         injected = None if database else store if store is not None else MemoryStore()
-        self.backends = backends or InProcessBackends(
-            max_response_bytes=self.settings.max_backend_response_bytes
+        self.backends = (
+            backends
+            if backends is not None
+            else InProcessBackends(max_response_bytes=self.settings.max_backend_response_bytes)
         )
         self.clock = clock  # None: the system's
         self.app: FastAPI = create_app(
