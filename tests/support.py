@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import httpx
 import jwt
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from tests import pg
@@ -137,6 +140,41 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
 
 
+def last_loop_pass(node: YardCalls, loop: str) -> float:
+    """When `loop` ("dispatcher", "chores", "health monitor") last finished an iteration on
+    `node` (its /metrics gauge; wall-clock seconds), 0 if never."""
+    text = node.admin.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "taskyard_loop_last_success_timestamp_seconds"
+                and sample.labels.get("loop") == loop
+            ):
+                return float(sample.value)
+    return 0.0
+
+
+def long_polls_open(node: YardCalls) -> int:
+    """Long polls `node` holds open (its `taskyard_long_polls_open` gauge)."""
+    text = node.admin.get("/metrics").text
+    found = re.search(r"^taskyard_long_polls_open\{[^}]*\} (\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def wait_loop_passes(node: YardCalls, loop: str, passes: int = 2) -> None:
+    """Return once `loop` has run `passes` whole iterations that began after this call: the
+    positive event a check that something did *not* happen waits for. (The first iteration to
+    end may have begun before the call; each later one began after the one before ended.)"""
+
+    def ended_after(since: float) -> float:
+        at = last_loop_pass(node, loop)
+        return at if at > since else 0.0
+
+    mark = time.time()
+    for _ in range(passes + 1):
+        mark = wait_for(partial(ended_after, mark), what=f"a {loop} pass")
+
+
 def until_clear_of_window_edge(window_s: int = 60, margin_s: float = 10.0) -> float:
     """Seconds to wait so that a test's requests fall in one window of a `window_s` rate.
 
@@ -205,27 +243,19 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
 
-class Taskyard(Proc):
-    """A taskyard coordinator process, with clients for each role."""
+class Backend(Protocol):
+    """What a registration needs of a backend: a `MockBackend`, or an in-process `FakeBackend`
+    (`tests.inprocess`)."""
 
-    def __init__(
-        self, *, database_url: str, workdir: Path, env: dict[str, str], log_level: str = "warning"
-    ) -> None:
-        port = free_port()
-        self.database_url = database_url
-        full_env = clean_env(
-            TASKYARD_JWT_SECRET=SECRET,
-            TASKYARD_DATABASE_URL=database_url,
-            TASKYARD_PORT=str(port),
-            # One process (the one `popen` is), unless a test asks for workers.
-            **{"TASKYARD_WORKERS": "1", **FAST_ENV, **env},
-        )
-        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
-        super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
-        self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
+    server_id: str
+    url: str
 
-    def client(self, roles: list[str], sub: str = "alice", **claims: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=bearer(token(roles, sub, **claims)))
+
+class YardCalls:
+    """What tests do through a node's API, whether the node is a real process (`Taskyard`) or
+    the app in this process (`tests.inprocess.InProcessYard`)."""
+
+    admin: httpx.Client
 
     def task(self, task_id: str) -> dict[str, Any]:
         response = self.admin.get(f"/api/task/{task_id}")
@@ -249,7 +279,7 @@ class Taskyard(Proc):
         body: dict[str, Any] = response.json()
         return body
 
-    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register(self, backend: Backend, **fields: Any) -> dict[str, Any]:
         body = {
             "id": backend.server_id,
             "endpoints": {"predict": backend.url + "/predict", "health": backend.url + "/health"},
@@ -263,7 +293,7 @@ class Taskyard(Proc):
         result: dict[str, Any] = response.json()
         return result
 
-    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register_online(self, backend: Backend, **fields: Any) -> dict[str, Any]:
         result = self.register(backend, **fields)
         wait_for(
             lambda: (self.server(backend.server_id) or {}).get("status") == "online",
@@ -276,6 +306,33 @@ class Taskyard(Proc):
         assert response.status_code == 200, response.text
         task_id: str = response.json()["taskId"]
         return task_id
+
+
+class Taskyard(Proc, YardCalls):
+    """A taskyard coordinator process, with clients for each role."""
+
+    def __init__(
+        self, *, database_url: str, workdir: Path, env: dict[str, str], log_level: str = "warning"
+    ) -> None:
+        port = free_port()
+        self.database_url = database_url
+        full_env = clean_env(
+            TASKYARD_JWT_SECRET=SECRET,
+            TASKYARD_DATABASE_URL=database_url,
+            TASKYARD_PORT=str(port),
+            # One process (the one `popen` is), unless a test asks for workers.
+            **{"TASKYARD_WORKERS": "1", **FAST_ENV, **env},
+        )
+        args = [sys.executable, "-m", "taskyard", "serve", "--log-level", log_level]
+        super().__init__(args, port=port, env=full_env, log=workdir / f"taskyard-{port}.log")
+        self.admin = httpx.Client(base_url=self.url, headers=bearer(token(["admin"], "root")))
+
+    def client(self, roles: list[str], sub: str = "alice", **claims: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=bearer(token(roles, sub, **claims)))
+
+    def count_rows(self, table: str) -> int:
+        """Rows in `table`, read straight from the database."""
+        return count_rows(self.database_url, table)
 
 
 class MockBackend(Proc):
@@ -373,15 +430,21 @@ def start_taskyard(
     return node
 
 
-class Fleet:
-    """One test's servers and tasks on a coordinator that other tests share.
+Y = TypeVar("Y", bound=YardCalls)
+B = TypeVar("B", bound=Backend)
+
+
+class BaseFleet(Generic[Y, B]):
+    """One test's servers and tasks on a coordinator that other tests share (`Fleet`: a real
+    node and `MockBackend`s; `tests.inprocess.InProcessFleet`: the app in-process and
+    `FakeBackend`s).
 
     Every server it registers serves only `self.model` (unless told otherwise), and its ids
     carry a random tag, so tests sharing the coordinator never take each other's tasks.
     `close()` deletes the servers it registered.
     """
 
-    def __init__(self, yard: Taskyard, mock_factory: Callable[..., MockBackend]) -> None:
+    def __init__(self, yard: Y, mock_factory: Callable[..., B]) -> None:
         import uuid
 
         self.yard = yard
@@ -394,26 +457,26 @@ class Fleet:
         """A server id unique to this test."""
         return f"{name}-{self.tag}"
 
-    def mocks(self, *specs: str | tuple[str, ...]) -> list[MockBackend]:
+    def mocks(self, *specs: str | tuple[str, ...]) -> list[B]:
         """Start mock backends in parallel; a spec is a name or (name, *CLI args)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def start(spec: str | tuple[str, ...]) -> MockBackend:
+        def start(spec: str | tuple[str, ...]) -> B:
             name, *args = (spec,) if isinstance(spec, str) else spec
             return self._mock_factory(self.sid(name), *args)
 
         with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
             return list(pool.map(start, specs))
 
-    def _fields(self, backend: MockBackend, fields: dict[str, Any]) -> dict[str, Any]:
+    def _fields(self, backend: B, fields: dict[str, Any]) -> dict[str, Any]:
         fields.setdefault("models", [self.model])
         self.server_ids.append(fields.get("id", backend.server_id))
         return fields
 
-    def register(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register(self, backend: B, **fields: Any) -> dict[str, Any]:
         return self.yard.register(backend, **self._fields(backend, fields))
 
-    def register_online(self, backend: MockBackend, **fields: Any) -> dict[str, Any]:
+    def register_online(self, backend: B, **fields: Any) -> dict[str, Any]:
         return self.yard.register_online(backend, **self._fields(backend, fields))
 
     def register_raw(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -431,6 +494,10 @@ class Fleet:
     def close(self) -> None:
         for server_id in dict.fromkeys(self.server_ids):
             self.yard.admin.delete(f"/api/servers/{server_id}")
+
+
+class Fleet(BaseFleet[Taskyard, MockBackend]):
+    """A `BaseFleet` of `MockBackend` processes on a real node."""
 
 
 def mock_info(backend: MockBackend) -> dict[str, Any]:

@@ -123,19 +123,9 @@ class AiohttpBackendClient:
             return PredictReply(ReplyKind.RETRYABLE, error=f"{type(exc).__name__}: {exc}")
 
     async def _predict_reply(self, resp: aiohttp.ClientResponse) -> PredictReply:
-        if not _is_success(resp.status):
-            # Only the beginning of an error body is kept, so only that much is read, whatever
-            # its Content-Length says.
-            error_text = await read_body(resp.content, ERROR_TEXT_LIMIT)
-            return _classify(resp.status, error_text.data)
-        body = await _read(resp, self._max_response_bytes)
-        if body.over:
-            # Not read further: leaving the `async with` closes the connection (aiohttp reuses
-            # only connections whose body was read to the end).
-            return PredictReply(
-                ReplyKind.TOO_LARGE, status=resp.status, error=self._too_large("backend answer")
-            )
-        return _classify(resp.status, body.data)
+        return await predict_reply(
+            resp.status, resp.content, declared=resp.content_length, cap=self._max_response_bytes
+        )
 
     async def health(
         self, url: str, *, timeout_s: float, api_key: str | None = None
@@ -147,18 +137,12 @@ class AiohttpBackendClient:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as resp:
-                # Read to the end (within the timeout) so the connection can be reused; the
-                # content is not used, so none of it is kept.
-                body = await _read(resp, self._max_response_bytes, keep=False)
-                if not _is_success(resp.status):
-                    return HealthReply(
-                        False, network_error=False, detail=f"health HTTP {resp.status}"
-                    )
-                if body.over:
-                    return HealthReply(
-                        False, network_error=False, detail=self._too_large("health answer")
-                    )
-                return HealthReply(healthy=True, network_error=False)
+                return await health_reply(
+                    resp.status,
+                    resp.content,
+                    declared=resp.content_length,
+                    cap=self._max_response_bytes,
+                )
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             detail = f"health check: {type(exc).__name__}: {exc}".rstrip(": ")
             return HealthReply(healthy=False, network_error=True, detail=detail)
@@ -168,16 +152,9 @@ class AiohttpBackendClient:
     ) -> CancelReply:
         try:
             async with self._post_json(url, payload, timeout_s=timeout_s, api_key=api_key) as resp:
-                # Only the status matters; a short read lets the connection be reused.
-                await read_body(resp.content, ERROR_TEXT_LIMIT, keep=False)
-                if _is_success(resp.status):
-                    return CancelReply(let_go=True)
-                return CancelReply(let_go=False, error=f"cancel HTTP {resp.status}")
+                return await cancel_reply(resp.status, resp.content)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             return CancelReply(let_go=False, error=f"cancel: {type(exc).__name__}: {exc}")
-
-    def _too_large(self, what: str) -> str:
-        return f"{what} larger than the {self._max_response_bytes}-byte cap ({CAP_SETTING})"
 
 
 class ByteStream(Protocol):
@@ -208,9 +185,52 @@ async def read_body(
     return Body(b"".join(chunks)[:limit], over=True)
 
 
-async def _read(resp: aiohttp.ClientResponse, limit: int, *, keep: bool = True) -> Body:
-    """The whole body of `resp`, up to `limit`."""
-    return await read_body(resp.content, limit, declared=resp.content_length, keep=keep)
+# ---- What an answer means: the rules for any transport (`taskyard.testing` uses them too) ----
+
+
+async def predict_reply(
+    status: int, stream: ByteStream, *, declared: int | None, cap: int
+) -> PredictReply:
+    """A predict's answer (its status and body stream) as the domain sees it."""
+    if not _is_success(status):
+        # Only the beginning of an error body is kept, so only that much is read, whatever
+        # its Content-Length says.
+        error_text = await read_body(stream, ERROR_TEXT_LIMIT)
+        return _classify(status, error_text.data)
+    body = await read_body(stream, cap, declared=declared)
+    if body.over:
+        # Not read further: leaving the `async with` closes the connection (aiohttp reuses
+        # only connections whose body was read to the end).
+        return PredictReply(
+            ReplyKind.TOO_LARGE, status=status, error=_too_large("backend answer", cap)
+        )
+    return _classify(status, body.data)
+
+
+async def health_reply(
+    status: int, stream: ByteStream, *, declared: int | None, cap: int
+) -> HealthReply:
+    """A health check's answer as the domain sees it."""
+    # Read to the end (within the timeout) so the connection can be reused; the content is
+    # not used, so none of it is kept.
+    body = await read_body(stream, cap, declared=declared, keep=False)
+    if not _is_success(status):
+        return HealthReply(False, network_error=False, detail=f"health HTTP {status}")
+    if body.over:
+        return HealthReply(False, network_error=False, detail=_too_large("health answer", cap))
+    return HealthReply(healthy=True, network_error=False)
+
+
+async def cancel_reply(status: int, stream: ByteStream) -> CancelReply:
+    """A cancel's answer as the domain sees it: only the status matters."""
+    await read_body(stream, ERROR_TEXT_LIMIT, keep=False)  # a short read: the connection is reused
+    if _is_success(status):
+        return CancelReply(let_go=True)
+    return CancelReply(let_go=False, error=f"cancel HTTP {status}")
+
+
+def _too_large(what: str, cap: int) -> str:
+    return f"{what} larger than the {cap}-byte cap ({CAP_SETTING})"
 
 
 def _is_success(status: int) -> bool:

@@ -1,55 +1,40 @@
-"""Authentication and authorization over HTTP, against a real `taskyard serve` process."""
+"""Authentication and authorization over HTTP, against the app in-process (`tests.inprocess`;
+`tests/e2e/test_api_smoke.py` checks the same on a real `taskyard serve` process)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from tests.support import (
-    SECRET,
-    MockBackend,
-    Taskyard,
-    bearer,
-    count_rows,
-    shared_taskyard,
-    token,
-)
+from taskyard.testing import FakeBackend
+from tests.inprocess import InProcessYard
+from tests.support import SECRET, bearer, token
 
 BACKEND_ID = "b1"
-# The backend answers 202 and calls back only after a minute: its tasks stay PROCESSING.
-SLOW_MS = "60000"
 
 
 @pytest.fixture(scope="module")
-def workdir(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp(f"auth-{db_kind}")
-
-
-@pytest.fixture(scope="module")
-def yard(db_kind: str, workdir: Path) -> Iterator[Taskyard]:
-    with shared_taskyard(db_kind, workdir) as node:
+def yard() -> Iterator[InProcessYard]:
+    with InProcessYard() as node:
         yield node
 
 
 @pytest.fixture(scope="module")
-def backend(yard: Taskyard, workdir: Path) -> Iterator[MockBackend]:
-    mock = MockBackend(BACKEND_ID, workdir=workdir, extra=["--async", "--delay-ms", SLOW_MS])
-    mock.start("/health")
-    yield mock
-    mock.stop()
+def backend() -> FakeBackend:
+    """Answers 202 and never calls back: its tasks stay PROCESSING."""
+    return FakeBackend(BACKEND_ID, accept=True)
 
 
 @pytest.fixture(scope="module")
-def registered(yard: Taskyard, backend: MockBackend) -> dict[str, Any]:
+def registered(yard: InProcessYard, backend: FakeBackend) -> dict[str, Any]:
     """b1 registered (async, plenty of slots) and online; the registration response."""
     return yard.register_online(backend, max_concurrency=100, **{"async": True})
 
@@ -70,9 +55,9 @@ def signed(payload: dict[str, Any], secret: str = SECRET) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
-def row_count(yard: Taskyard, table: str) -> int:
-    """Rows in `table`, read straight from the database."""
-    return count_rows(yard.database_url, table)
+def row_count(yard: InProcessYard, table: str) -> int:
+    """Rows stored in `table`."""
+    return yard.count_rows(table)
 
 
 def report(status: str = "FINISHED", **metadata: Any) -> dict[str, Any]:
@@ -84,15 +69,15 @@ def report(status: str = "FINISHED", **metadata: Any) -> dict[str, Any]:
     }
 
 
-def processing_task(yard: Taskyard) -> tuple[str, int]:
-    """A task held by b1 in PROCESSING (b1 calls back only after a minute): (id, attempt)."""
+def processing_task(yard: InProcessYard) -> tuple[str, int]:
+    """A task held by b1 in PROCESSING (b1 never calls back): (id, attempt)."""
     task_id = yard.submit({"model": "m"}, timeout_s=120)
     task = yard.wait_status(task_id, "PROCESSING")
     assert task["serverId"] == BACKEND_ID
     return task_id, len(task["attempts"])
 
 
-def state(yard: Taskyard, task_id: str) -> dict[str, Any]:
+def state(yard: InProcessYard, task_id: str) -> dict[str, Any]:
     """The task minus `updatedAt` (the dispatcher may record the 202 ack just after PROCESSING)."""
     task = yard.task(task_id)
     del task["updatedAt"]
@@ -103,8 +88,8 @@ def callback_token(task_id: str, attempt: int, server_id: str = BACKEND_ID) -> s
     return token(["service"], f"server:{server_id}", srv=server_id, tid=task_id, att=attempt)
 
 
-def put(yard: Taskyard, task_id: str, tok: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.put(f"{yard.url}/api/task/{task_id}", json=body, headers=bearer(tok))
+def put(yard: InProcessYard, task_id: str, tok: str, body: dict[str, Any]) -> httpx.Response:
+    return yard.http.put(f"{yard.url}/api/task/{task_id}", json=body, headers=bearer(tok))
 
 
 # ---- 401 ---------------------------------------------------------------------------------
@@ -127,10 +112,10 @@ BAD_CREDENTIALS: dict[str, dict[str, str]] = {
 
 
 @pytest.mark.parametrize("case", BAD_CREDENTIALS, ids=str)
-def test_bad_credentials_on_task_route_are_401(yard: Taskyard, case: str) -> None:
+def test_bad_credentials_on_task_route_are_401(yard: InProcessYard, case: str) -> None:
     """POST /api/task with missing or invalid credentials is 401 and stores no task."""
     before = row_count(yard, "tasks")
-    response = httpx.post(
+    response = yard.http.post(
         f"{yard.url}/api/task", json={"model": "m"}, headers=BAD_CREDENTIALS[case]
     )
     assert response.status_code == 401, response.text
@@ -140,17 +125,17 @@ def test_bad_credentials_on_task_route_are_401(yard: Taskyard, case: str) -> Non
 
 
 @pytest.mark.parametrize("case", BAD_CREDENTIALS, ids=str)
-def test_bad_credentials_on_server_route_are_401(yard: Taskyard, case: str) -> None:
+def test_bad_credentials_on_server_route_are_401(yard: InProcessYard, case: str) -> None:
     """GET /api/servers with missing or invalid credentials is 401 and lists nothing."""
-    response = httpx.get(f"{yard.url}/api/servers", headers=BAD_CREDENTIALS[case])
+    response = yard.http.get(f"{yard.url}/api/servers", headers=BAD_CREDENTIALS[case])
     assert response.status_code == 401, response.text
     assert set(response.json()) <= {"error", "details"}
 
 
-def test_alg_none_token_is_401_even_for_a_known_task(yard: Taskyard) -> None:
+def test_alg_none_token_is_401_even_for_a_known_task(yard: InProcessYard) -> None:
     """An unsigned `alg: none` admin token cannot read an existing task."""
     task_id = yard.submit({"model": "m"})
-    response = httpx.get(
+    response = yard.http.get(
         f"{yard.url}/api/task/{task_id}", headers=bearer(unsigned_token(["admin"]))
     )
     assert response.status_code == 401
@@ -185,7 +170,7 @@ ROUTE_IDS = ["register", "list", "detail", "heartbeat", "delete", "cleanup"]
 
 @pytest.mark.parametrize("index", range(6), ids=ROUTE_IDS)
 def test_user_role_is_403_on_every_server_route(
-    yard: Taskyard, registered: dict[str, Any], index: int
+    yard: InProcessYard, registered: dict[str, Any], index: int
 ) -> None:
     """A `user` token gets 403 on each server route, and the registry is unchanged."""
     before = yard.server(BACKEND_ID)
@@ -206,11 +191,11 @@ def test_user_role_is_403_on_every_server_route(
     "index", [0, 1, 2, 4, 5], ids=["register", "list", "detail", "delete", "cleanup"]
 )
 def test_server_token_is_403_on_admin_server_routes(
-    yard: Taskyard, registered: dict[str, Any], index: int
+    yard: InProcessYard, registered: dict[str, Any], index: int
 ) -> None:
     """A backend's own `service` token may heartbeat, but not manage the registry."""
     method, path, body = server_routes(BACKEND_ID)[index]
-    response = httpx.request(
+    response = yard.http.request(
         method, yard.url + path, json=body, headers=bearer(registered["token"])
     )
     assert response.status_code == 403, response.text
@@ -218,7 +203,7 @@ def test_server_token_is_403_on_admin_server_routes(
     assert yard.server("intruder") is None
 
 
-def test_service_role_cannot_create_tasks(yard: Taskyard) -> None:
+def test_service_role_cannot_create_tasks(yard: InProcessYard) -> None:
     """POST /api/task with role `service` is 403 and stores no task."""
     before = row_count(yard, "tasks")
     with yard.client(["service"], "server:b1", srv=BACKEND_ID) as client:
@@ -227,7 +212,7 @@ def test_service_role_cannot_create_tasks(yard: Taskyard) -> None:
     assert row_count(yard, "tasks") == before
 
 
-def test_token_without_known_role_is_403(yard: Taskyard) -> None:
+def test_token_without_known_role_is_403(yard: InProcessYard) -> None:
     """A valid token whose roles are empty or unknown is 403 (authenticated, not allowed)."""
     for roles in ([], ["guest"]):
         with yard.client(roles, "nobody") as client:
@@ -238,7 +223,7 @@ def test_token_without_known_role_is_403(yard: Taskyard) -> None:
 # ---- task visibility --------------------------------------------------------------------
 
 
-def test_user_reads_own_task(yard: Taskyard) -> None:
+def test_user_reads_own_task(yard: InProcessYard) -> None:
     """A user reads the task it created; the task names it as owner."""
     with yard.client(["user"], "alice") as alice:
         created = alice.post("/api/task", json={"model": "m", "x": 1})
@@ -252,7 +237,7 @@ def test_user_reads_own_task(yard: Taskyard) -> None:
     assert body["taskDetails"]["request"] == {"model": "m", "x": 1}
 
 
-def test_other_users_task_is_404_like_an_unknown_id(yard: Taskyard) -> None:
+def test_other_users_task_is_404_like_an_unknown_id(yard: InProcessYard) -> None:
     """Another user's task id is 404 with the same body shape as an id that does not exist."""
     with yard.client(["user"], "alice") as alice:
         task_id = alice.post("/api/task", json={"model": "m"}).json()["taskId"]
@@ -266,7 +251,7 @@ def test_other_users_task_is_404_like_an_unknown_id(yard: Taskyard) -> None:
     assert hidden.headers["content-type"] == missing.headers["content-type"]
 
 
-def test_admin_reads_any_task(yard: Taskyard) -> None:
+def test_admin_reads_any_task(yard: InProcessYard) -> None:
     """An admin reads a task some user created."""
     with yard.client(["user"], "carol") as carol:
         task_id = carol.post("/api/task", json={"model": "m"}).json()["taskId"]
@@ -275,17 +260,17 @@ def test_admin_reads_any_task(yard: Taskyard) -> None:
     assert response.json()["taskDetails"]["owner"] == "carol"
 
 
-def test_plain_pyjwt_token_works(yard: Taskyard) -> None:
+def test_plain_pyjwt_token_works(yard: InProcessYard) -> None:
     """A token minted with plain PyJWT (secret + `roles`, no taskyard claims) is accepted."""
     raw = jwt.encode(
         {"sub": "seed-client", "roles": ["user"], "exp": int(time.time()) + 600},
         SECRET,
         algorithm="HS256",
     )
-    created = httpx.post(f"{yard.url}/api/task", json={"model": "m"}, headers=bearer(raw))
+    created = yard.http.post(f"{yard.url}/api/task", json={"model": "m"}, headers=bearer(raw))
     assert created.status_code == 200, created.text
     task_id = created.json()["taskId"]
-    read = httpx.get(f"{yard.url}/api/task/{task_id}", headers=bearer(raw))
+    read = yard.http.get(f"{yard.url}/api/task/{task_id}", headers=bearer(raw))
     assert read.status_code == 200
     assert read.json()["taskDetails"]["owner"] == "seed-client"
 
@@ -293,7 +278,9 @@ def test_plain_pyjwt_token_works(yard: Taskyard) -> None:
 # ---- PUT /api/task/{id} -----------------------------------------------------------------
 
 
-def test_user_put_is_403_and_changes_nothing(yard: Taskyard, registered: dict[str, Any]) -> None:
+def test_user_put_is_403_and_changes_nothing(
+    yard: InProcessYard, registered: dict[str, Any]
+) -> None:
     """A `user` (even the task's owner) may not report a result: 403, the task unchanged."""
     with yard.client(["user"], "alice") as alice:
         task_id = alice.post("/api/task", json={"model": "m"}, params={"timeout_s": 120}).json()[
@@ -307,7 +294,7 @@ def test_user_put_is_403_and_changes_nothing(yard: Taskyard, registered: dict[st
 
 
 def test_callback_token_for_current_attempt_is_accepted(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """The callback token of the attempt holding the task may report its result: 200."""
     task_id, attempt = processing_task(yard)
@@ -319,7 +306,7 @@ def test_callback_token_for_current_attempt_is_accepted(
 
 
 def test_callback_token_for_wrong_attempt_is_409(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A callback token naming another attempt is 409 and the task stays as it was."""
     task_id, attempt = processing_task(yard)
@@ -330,7 +317,7 @@ def test_callback_token_for_wrong_attempt_is_409(
 
 
 def test_callback_token_for_another_task_is_rejected(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A callback token bound to task A cannot report on task B."""
     task_a, attempt_a = processing_task(yard)
@@ -342,7 +329,7 @@ def test_callback_token_for_another_task_is_rejected(
 
 
 def test_service_token_bound_to_another_server_is_409(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A service token bound to a server that does not hold the task is 409; nothing changes."""
     task_id, _ = processing_task(yard)
@@ -353,7 +340,9 @@ def test_service_token_bound_to_another_server_is_409(
     assert state(yard, task_id) == before
 
 
-def test_server_token_of_holder_is_accepted(yard: Taskyard, registered: dict[str, Any]) -> None:
+def test_server_token_of_holder_is_accepted(
+    yard: InProcessYard, registered: dict[str, Any]
+) -> None:
     """The token b1 got at registration may report on the task b1 holds."""
     task_id, _ = processing_task(yard)
     response = put(yard, task_id, registered["token"], report("PROCESSING", progress=0.5))
@@ -364,7 +353,7 @@ def test_server_token_of_holder_is_accepted(yard: Taskyard, registered: dict[str
 
 
 def test_seed_service_token_naming_holder_is_accepted(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A service token without `srv` is accepted when metadata.server_id names the holder."""
     task_id, _ = processing_task(yard)
@@ -375,7 +364,7 @@ def test_seed_service_token_naming_holder_is_accepted(
 
 
 def test_seed_service_token_naming_other_server_is_409(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A service token without `srv` whose metadata.server_id names another server is 409."""
     task_id, _ = processing_task(yard)
@@ -387,7 +376,7 @@ def test_seed_service_token_naming_other_server_is_409(
 
 
 def test_seed_service_token_without_server_id_is_403(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A service token without `srv` and without metadata.server_id is 403; nothing changes."""
     task_id, _ = processing_task(yard)
@@ -398,7 +387,7 @@ def test_seed_service_token_without_server_id_is_403(
 
 
 def test_put_after_finished_is_409_and_keeps_result(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """Once FINISHED, further reports (callback token or admin) are 409; the result is kept."""
     task_id, attempt = processing_task(yard)
@@ -412,7 +401,9 @@ def test_put_after_finished_is_409_and_keeps_result(
     assert yard.task(task_id) == finished
 
 
-def test_admin_put_settles_a_processing_task(yard: Taskyard, registered: dict[str, Any]) -> None:
+def test_admin_put_settles_a_processing_task(
+    yard: InProcessYard, registered: dict[str, Any]
+) -> None:
     """An admin may report on any running task."""
     task_id, _ = processing_task(yard)
     response = yard.admin.put(f"/api/task/{task_id}", json=report())
@@ -424,13 +415,13 @@ def test_admin_put_settles_a_processing_task(yard: Taskyard, registered: dict[st
 
 
 def test_heartbeat_with_token_bound_to_other_server_is_403(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """A service token bound to another server may not heartbeat for b1; lastHeartbeat stays."""
     before = yard.server(BACKEND_ID)
     assert before is not None
     tok = token(["service"], "server:other", srv="other")
-    response = httpx.post(
+    response = yard.http.post(
         f"{yard.url}/api/servers/{BACKEND_ID}/heartbeat", json={}, headers=bearer(tok)
     )
     assert response.status_code == 403, response.text
@@ -440,7 +431,7 @@ def test_heartbeat_with_token_bound_to_other_server_is_403(
 
 
 def test_registration_token_works_for_own_heartbeat(
-    yard: Taskyard, registered: dict[str, Any]
+    yard: InProcessYard, registered: dict[str, Any]
 ) -> None:
     """The `token` from POST /api/servers sends b1's heartbeat and moves lastHeartbeat."""
     before = yard.server(BACKEND_ID)
@@ -448,7 +439,7 @@ def test_registration_token_works_for_own_heartbeat(
     tok = registered["token"]
     assert jwt.decode(tok, SECRET, algorithms=["HS256"])["roles"] == ["service"]
     sent_at = datetime.now(UTC).replace(microsecond=0)
-    response = httpx.post(
+    response = yard.http.post(
         f"{yard.url}/api/servers/{BACKEND_ID}/heartbeat", json={}, headers=bearer(tok)
     )
     assert response.status_code == 200, response.text
@@ -462,12 +453,14 @@ def test_registration_token_works_for_own_heartbeat(
     assert before["lastHeartbeat"] is None or after["lastHeartbeat"] >= before["lastHeartbeat"]
 
 
-def test_unbound_service_token_cannot_heartbeat(yard: Taskyard, registered: dict[str, Any]) -> None:
+def test_unbound_service_token_cannot_heartbeat(
+    yard: InProcessYard, registered: dict[str, Any]
+) -> None:
     """A service token bound to no server may not keep b1 looking alive, even in development
     (before, any unbound service token could heartbeat any server)."""
     before = yard.server(BACKEND_ID)
     assert before is not None
-    response = httpx.post(
+    response = yard.http.post(
         f"{yard.url}/api/servers/{BACKEND_ID}/heartbeat",
         json={},
         headers=bearer(token(["service"], "seed-backend")),
@@ -487,25 +480,24 @@ def test_unbound_service_token_cannot_heartbeat(yard: Taskyard, registered: dict
     ids=["production-default", "production-refused", "production-allowed"],
 )
 def test_production_refuses_unbound_service_tokens_unless_allowed(
-    taskyard_factory: Callable[..., Taskyard],
-    mock_factory: Callable[..., MockBackend],
-    allow: str | None,
-    expected: int,
+    allow: str | None, expected: int
 ) -> None:
     """In production a seed-style service token (no `srv`) cannot report for the server its
     body names, unless TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS=true; the task stays as it was.
     Development keeps allowing it (test_seed_service_token_naming_holder_is_accepted)."""
     settings = {"env": "production", "allowed_backend_networks": "127.0.0.1"}
     settings |= {"allow_unbound_service_tokens": allow} if allow else {}
-    node = taskyard_factory(**settings)
-    backend = mock_factory(BACKEND_ID, "--async", "--delay-ms", SLOW_MS)
-    node.register_online(backend, max_concurrency=4, **{"async": True})
-    task_id, _ = processing_task(node)
-    before = state(node, task_id)
-    response = put(node, task_id, token(["service"], "seed-backend"), report(server_id=BACKEND_ID))
-    assert response.status_code == expected, response.text
-    if expected == 403:
-        assert "TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS" in response.json()["error"]
-        assert state(node, task_id) == before
-    else:
-        assert node.task(task_id)["status"] == "FINISHED"
+    with InProcessYard(**settings) as node:
+        backend = FakeBackend(BACKEND_ID, accept=True)
+        node.register_online(backend, max_concurrency=4, **{"async": True})
+        task_id, _ = processing_task(node)
+        before = state(node, task_id)
+        response = put(
+            node, task_id, token(["service"], "seed-backend"), report(server_id=BACKEND_ID)
+        )
+        assert response.status_code == expected, response.text
+        if expected == 403:
+            assert "TASKYARD_ALLOW_UNBOUND_SERVICE_TOKENS" in response.json()["error"]
+            assert state(node, task_id) == before
+        else:
+            assert node.task(task_id)["status"] == "FINISHED"

@@ -1,8 +1,10 @@
-"""Bad input (SPEC §8): a 4xx with a useful message, never a 500, and nothing stored."""
+"""Bad input (SPEC §8): a 4xx with a useful message, never a 500, and nothing stored. Against
+the app in-process (`tests.inprocess`); `tests/e2e/test_api_smoke.py` sends bad input to a real
+`taskyard serve` process, chunked bodies included."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,22 +13,23 @@ import pytest
 from taskyard.api.app import create_app
 from taskyard.api.schemas import MAX_JSON_DEPTH
 from taskyard.config import Settings
-from tests.support import SECRET, Taskyard, count_rows, shared_taskyard
+from tests.inprocess import InProcessYard
+from tests.support import SECRET
 
 LIMIT = 2048  # TASKYARD_MAX_BODY_BYTES for the node with a lowered limit
 DEFAULT_LIMIT = 1_048_576
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard() -> Iterator[InProcessYard]:
     """One coordinator with no backends: tasks stay WAITING, nothing moves under the tests."""
-    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"bad-input-{db_kind}")) as node:
+    with InProcessYard() as node:
         yield node
 
 
-def counts(yard: Taskyard) -> tuple[int, int]:
-    """(tasks, servers) rows, read straight from the database."""
-    return count_rows(yard.database_url, "tasks"), count_rows(yard.database_url, "servers")
+def counts(yard: InProcessYard) -> tuple[int, int]:
+    """(tasks, servers) stored."""
+    return yard.count_rows("tasks"), yard.count_rows("servers")
 
 
 def assert_400(response: httpx.Response, *, mentions: str | None = None) -> dict[str, Any]:
@@ -75,7 +78,7 @@ BAD_TASK_BODIES: dict[str, tuple[bytes, str | None]] = {
 
 
 @pytest.mark.parametrize("case", BAD_TASK_BODIES, ids=str)
-def test_bad_task_body_is_400_and_stores_nothing(yard: Taskyard, case: str) -> None:
+def test_bad_task_body_is_400_and_stores_nothing(yard: InProcessYard, case: str) -> None:
     """An invalid POST /api/task body is 400 (not 422) with a useful message; no task is stored."""
     content, mentions = BAD_TASK_BODIES[case]
     before = counts(yard)
@@ -86,7 +89,7 @@ def test_bad_task_body_is_400_and_stores_nothing(yard: Taskyard, case: str) -> N
     assert counts(yard) == before
 
 
-def test_nesting_at_the_limit_is_stored_and_readable(yard: Taskyard) -> None:
+def test_nesting_at_the_limit_is_stored_and_readable(yard: InProcessYard) -> None:
     """A request nested exactly MAX_JSON_DEPTH deep is accepted, and reads back intact."""
     inner: Any = []
     for _ in range(MAX_JSON_DEPTH - 2):
@@ -99,14 +102,14 @@ def test_nesting_at_the_limit_is_stored_and_readable(yard: Taskyard) -> None:
     assert_400(deeper, mentions="nested")
 
 
-def test_model_errors_carry_details(yard: Taskyard) -> None:
+def test_model_errors_carry_details(yard: InProcessYard) -> None:
     """A missing `model` says which field is wrong in `details`."""
     body = assert_400(yard.admin.post("/api/task", json={"prompt": "hi"}))
     assert body["details"][0]["loc"][-1] == "model"
     assert body["details"][0]["msg"]
 
 
-def test_malformed_json_says_so(yard: Taskyard) -> None:
+def test_malformed_json_says_so(yard: InProcessYard) -> None:
     """Malformed JSON is reported as such, with where it broke in `details`."""
     body = assert_400(
         yard.admin.post(
@@ -122,7 +125,7 @@ def test_malformed_json_says_so(yard: Taskyard) -> None:
     [{"priority": "high"}, {"priority": 10**6}, {"timeout_s": -1}, {"max_attempts": 0}],
     ids=["priority-text", "priority-huge", "timeout-negative", "max-attempts-zero"],
 )
-def test_bad_task_query_params_are_400(yard: Taskyard, params: dict[str, Any]) -> None:
+def test_bad_task_query_params_are_400(yard: InProcessYard, params: dict[str, Any]) -> None:
     """Out-of-range or mistyped task options are 400 and store nothing."""
     before = counts(yard)
     response = yard.admin.post("/api/task", json={"model": "m"}, params=params)
@@ -133,7 +136,7 @@ def test_bad_task_query_params_are_400(yard: Taskyard, params: dict[str, Any]) -
 # ---- body size ---------------------------------------------------------------------------
 
 
-def test_oversized_body_with_content_length_is_413(yard: Taskyard) -> None:
+def test_oversized_body_with_content_length_is_413(yard: InProcessYard) -> None:
     """A body over the default 1 MiB limit is 413 and stores nothing."""
     before = counts(yard)
     body = b'{"model": "m", "pad": "' + b"x" * DEFAULT_LIMIT + b'"}'
@@ -143,7 +146,7 @@ def test_oversized_body_with_content_length_is_413(yard: Taskyard) -> None:
     assert counts(yard) == before
 
 
-def test_oversized_chunked_body_is_413(yard: Taskyard) -> None:
+def test_oversized_chunked_body_is_413(yard: InProcessYard) -> None:
     """A body over 1 MiB sent chunked, without Content-Length, is 413 too."""
     before = counts(yard)
     response = yard.admin.post("/api/task", content=chunks(DEFAULT_LIMIT + 50_000))
@@ -154,12 +157,13 @@ def test_oversized_chunked_body_is_413(yard: Taskyard) -> None:
 
 
 @pytest.fixture
-def small_yard(taskyard_factory: Callable[..., Taskyard]) -> Taskyard:
+def small_yard() -> Iterator[InProcessYard]:
     """A coordinator with TASKYARD_MAX_BODY_BYTES lowered to 2 KiB."""
-    return taskyard_factory(max_body_bytes=LIMIT)
+    with InProcessYard(max_body_bytes=LIMIT) as node:
+        yield node
 
 
-def test_lowered_body_limit_applies(small_yard: Taskyard) -> None:
+def test_lowered_body_limit_applies(small_yard: InProcessYard) -> None:
     """TASKYARD_MAX_BODY_BYTES is honoured: with and without Content-Length, on every route."""
     before = counts(small_yard)
     fits = small_yard.admin.post("/api/task", json={"model": "m", "pad": "x" * (LIMIT - 200)})
@@ -237,7 +241,7 @@ BAD_REGISTRATIONS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.parametrize("case", BAD_REGISTRATIONS, ids=str)
-def test_bad_registration_is_400_and_stores_nothing(yard: Taskyard, case: str) -> None:
+def test_bad_registration_is_400_and_stores_nothing(yard: InProcessYard, case: str) -> None:
     """An invalid POST /api/servers body is 400 naming the field; no server is stored."""
     body, mentions = BAD_REGISTRATIONS[case]
     before = counts(yard)
@@ -262,7 +266,7 @@ BAD_REPORTS: dict[str, tuple[Any, str]] = {
 
 
 @pytest.mark.parametrize("case", BAD_REPORTS, ids=str)
-def test_bad_report_is_400_and_changes_nothing(yard: Taskyard, case: str) -> None:
+def test_bad_report_is_400_and_changes_nothing(yard: InProcessYard, case: str) -> None:
     """An invalid PUT /api/task/{id} body is 400 and the task is unchanged."""
     task_id = yard.submit({"model": "m"})
     before = yard.task(task_id)
@@ -276,7 +280,7 @@ def test_bad_report_is_400_and_changes_nothing(yard: Taskyard, case: str) -> Non
 UNKNOWN = "7f4c1a52-0000-4000-8000-000000000000"
 
 
-def test_unknown_task_is_404_on_every_task_route(yard: Taskyard) -> None:
+def test_unknown_task_is_404_on_every_task_route(yard: InProcessYard) -> None:
     """GET, PUT and cancel of an unknown task id are 404 `Task <id> not found`."""
     expected = {"error": f"Task {UNKNOWN} not found"}
     report = {"data": 1, "metadata": {"status": "FINISHED"}}
@@ -291,7 +295,7 @@ def test_unknown_task_is_404_on_every_task_route(yard: Taskyard) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "POST"], ids=["get", "delete", "heartbeat"])
-def test_unknown_server_is_404(yard: Taskyard, method: str) -> None:
+def test_unknown_server_is_404(yard: InProcessYard, method: str) -> None:
     """GET, DELETE and heartbeat of an unknown server are 404 `Service <id> not found`."""
     path = "/api/servers/ghost" + ("/heartbeat" if method == "POST" else "")
     response = yard.admin.request(method, path, json={} if method == "POST" else None)
@@ -312,7 +316,7 @@ def test_unknown_server_is_404(yard: Taskyard, method: str) -> None:
     ],
     ids=["task-long", "cancel-long", "server-long", "heartbeat-long", "server-space", "server-nul"],
 )
-def test_overlong_or_odd_ids_in_path_are_4xx(yard: Taskyard, path: str) -> None:
+def test_overlong_or_odd_ids_in_path_are_4xx(yard: InProcessYard, path: str) -> None:
     """An over-long or ill-formed id in the path is 400 or 404, never a 500."""
     method = "POST" if path.endswith(("/cancel", "/heartbeat")) else "GET"
     response = yard.admin.request(method, path)
@@ -328,7 +332,7 @@ def test_overlong_or_odd_ids_in_path_are_4xx(yard: Taskyard, path: str) -> None:
     [{"maxAgeMins": -5}, {"maxAgeMins": 0}, {"maxAgeMins": "ten"}, {"maxAgeMins": None}, [5]],
     ids=["negative", "zero", "text", "null", "array"],
 )
-def test_bad_cleanup_is_400_and_removes_nothing(yard: Taskyard, body: Any) -> None:
+def test_bad_cleanup_is_400_and_removes_nothing(yard: InProcessYard, body: Any) -> None:
     """POST /api/servers/cleanup with a bad maxAgeMins is 400; no server is removed."""
     registered = yard.admin.post("/api/servers", json=registration(id="keep-me"))
     assert registered.status_code == 200, registered.text
@@ -344,20 +348,19 @@ def test_bad_cleanup_is_400_and_removes_nothing(yard: Taskyard, body: Any) -> No
 # ---- request ids -------------------------------------------------------------------------
 
 
-def test_every_response_carries_a_request_id(yard: Taskyard) -> None:
+def test_every_response_carries_a_request_id(yard: InProcessYard) -> None:
     """200, 400, 401, 404, 413 and non-API responses all carry X-Request-Id, each its own."""
-    anonymous = httpx.Client(base_url=yard.url)
-    with anonymous:
-        responses = {
-            200: yard.admin.post("/api/task", json={"model": "m"}),
-            400: yard.admin.post("/api/task", json={}),
-            401: anonymous.get("/api/servers"),
-            404: yard.admin.get("/api/servers/ghost"),
-            413: yard.admin.post("/api/task", content=chunks(DEFAULT_LIMIT + 1)),
-            0: anonymous.get("/"),
-            1: anonymous.get("/openapi.json"),
-            2: anonymous.get("/no-such-route"),
-        }
+    anonymous = yard.http
+    responses = {
+        200: yard.admin.post("/api/task", json={"model": "m"}),
+        400: yard.admin.post("/api/task", json={}),
+        401: anonymous.get("/api/servers"),
+        404: yard.admin.get("/api/servers/ghost"),
+        413: yard.admin.post("/api/task", content=chunks(DEFAULT_LIMIT + 1)),
+        0: anonymous.get("/"),
+        1: anonymous.get("/openapi.json"),
+        2: anonymous.get("/no-such-route"),
+    }
     ids = []
     for status, response in responses.items():
         if status >= 200:
@@ -367,20 +370,20 @@ def test_every_response_carries_a_request_id(yard: Taskyard) -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_client_request_id_is_echoed(yard: Taskyard) -> None:
+def test_client_request_id_is_echoed(yard: InProcessYard) -> None:
     """A client's X-Request-Id is echoed, on success and on errors."""
     for response in (
         yard.admin.get("/api/servers", headers={"X-Request-Id": "abc-123"}),
         yard.admin.post("/api/task", json={}, headers={"X-Request-Id": "abc-123"}),
-        httpx.get(f"{yard.url}/api/servers", headers={"X-Request-Id": "abc-123"}),
+        yard.http.get(f"{yard.url}/api/servers", headers={"X-Request-Id": "abc-123"}),
     ):
         assert response.headers["X-Request-Id"] == "abc-123"
 
 
 @pytest.mark.parametrize("given", ["x" * 500, "a b", "<script>"], ids=["long", "space", "markup"])
-def test_unsafe_request_id_is_replaced(yard: Taskyard, given: str) -> None:
+def test_unsafe_request_id_is_replaced(yard: InProcessYard, given: str) -> None:
     """An over-long or odd X-Request-Id is not echoed; a fresh id is used instead."""
-    response = httpx.get(f"{yard.url}/", headers={"X-Request-Id": given})
+    response = yard.http.get(f"{yard.url}/", headers={"X-Request-Id": given})
     assert response.status_code == 200
     assert response.headers["X-Request-Id"] not in ("", given)
 

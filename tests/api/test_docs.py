@@ -1,4 +1,6 @@
-"""API docs (issue item 7): Swagger UI and ReDoc work offline; /openapi.json is complete."""
+"""API docs (issue item 7): Swagger UI and ReDoc work offline; /openapi.json is complete. Against
+the app in-process (`tests.inprocess`); `tests/e2e/test_api_smoke.py` reads them from a real
+`taskyard serve` process."""
 
 from __future__ import annotations
 
@@ -8,11 +10,10 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
 import pytest
 
 import taskyard
-from tests.support import Taskyard, shared_taskyard
+from tests.inprocess import InProcessYard
 
 # Every route of SPEC §2 and issue 3 with its methods (and nothing undocumented under /api).
 API_ROUTES: dict[str, set[str]] = {
@@ -51,14 +52,14 @@ CONFLICTS = [
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"docs-{db_kind}")) as node:
+def yard() -> Iterator[InProcessYard]:
+    with InProcessYard() as node:
         yield node
 
 
 @pytest.fixture(scope="module")
-def spec(yard: Taskyard) -> dict[str, Any]:
-    response = httpx.get(f"{yard.url}/openapi.json")
+def spec(yard: InProcessYard) -> dict[str, Any]:
+    response = yard.http.get(f"{yard.url}/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     document: dict[str, Any] = response.json()
@@ -78,8 +79,8 @@ class AssetLinks(HTMLParser):
                 self.urls.append(value)
 
 
-def page_assets(yard: Taskyard, path: str) -> tuple[str, list[str]]:
-    response = httpx.get(yard.url + path)
+def page_assets(yard: InProcessYard, path: str) -> tuple[str, list[str]]:
+    response = yard.http.get(yard.url + path)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     parser = AssetLinks()
@@ -105,7 +106,7 @@ def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
-def test_doc_page_loads_only_local_assets(yard: Taskyard, page: str) -> None:
+def test_doc_page_loads_only_local_assets(yard: InProcessYard, page: str) -> None:
     """Every script, stylesheet and icon of the page is served by taskyard itself, non-empty."""
     html, urls = page_assets(yard, page)
     scripts = [u for u in urls if u.endswith(".js")]
@@ -115,23 +116,23 @@ def test_doc_page_loads_only_local_assets(yard: Taskyard, page: str) -> None:
         absolute = urljoin(yard.url + page, url)
         parts = urlsplit(absolute)
         assert parts.scheme == "http" and parts.netloc == urlsplit(yard.url).netloc, url
-        asset = httpx.get(absolute)
+        asset = yard.http.get(absolute)
         assert asset.status_code == 200, f"{url}: {asset.status_code}"
         minimum = 10_000 if url.endswith((".js", ".css")) else 100
         assert len(asset.content) > minimum, f"{url}: only {len(asset.content)} bytes"
 
 
-def test_swagger_ui_needs_no_outside_validator(yard: Taskyard) -> None:
+def test_swagger_ui_needs_no_outside_validator(yard: InProcessYard) -> None:
     """Swagger UI does not fetch its badge from validator.swagger.io (its default)."""
     html, _ = page_assets(yard, "/docs")
     assert '"validatorUrl": null' in html
     assert "cdn." not in html and "googleapis" not in html
 
 
-def test_docs_pages_need_no_token(yard: Taskyard) -> None:
+def test_docs_pages_need_no_token(yard: InProcessYard) -> None:
     """The docs and the OpenAPI document are readable without a token."""
     for path in ("/docs", "/redoc", "/openapi.json"):
-        assert httpx.get(yard.url + path).status_code == 200
+        assert yard.http.get(yard.url + path).status_code == 200
 
 
 # ---- /openapi.json -----------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_free_form_json_declares_its_64_bit_integer_limits(spec: dict[str, Any])
         assert schemas[name]["additionalProperties"] == ref, name
 
 
-def test_maxagemins_true_is_not_a_number(yard: Taskyard) -> None:
+def test_maxagemins_true_is_not_a_number(yard: InProcessYard) -> None:
     """`{"maxAgeMins": true}` was read as 1 minute; it is 400 now, as the schema says."""
     response = yard.admin.post("/api/servers/cleanup", json={"maxAgeMins": True})
     assert response.status_code == 400, response.text
@@ -255,7 +256,7 @@ def test_maxagemins_true_is_not_a_number(yard: Taskyard) -> None:
         ("/api/servers/cleanup", "POST"),  # concrete before /api/servers/{server_id}, as OpenAPI
     ],
 )
-def test_405_lists_every_method_of_the_path(yard: Taskyard, path: str, allowed: str) -> None:
+def test_405_lists_every_method_of_the_path(yard: InProcessYard, path: str, allowed: str) -> None:
     """A 405 carries `Allow` with every method the path serves, not only its first route's."""
     response = yard.admin.request("TRACE", path)
     assert response.status_code == 405, response.text
@@ -265,11 +266,11 @@ def test_405_lists_every_method_of_the_path(yard: Taskyard, path: str, allowed: 
 # ---- probes (issue 8, item 7) ------------------------------------------------------------
 
 
-def test_probes_answer_without_a_token(yard: Taskyard) -> None:
+def test_probes_answer_without_a_token(yard: InProcessYard) -> None:
     """`/` and `/health` say the process is up (`/health` in the seed's newer shape), `/ready`
     that it reaches its database; none needs a token."""
     before = datetime.now(UTC)
-    health = httpx.get(f"{yard.url}/health")
+    health = yard.http.get(f"{yard.url}/health")
     assert health.status_code == 200, health.text
     body = health.json()
     assert set(body) == {"status", "timestamp", "version"}
@@ -277,6 +278,6 @@ def test_probes_answer_without_a_token(yard: Taskyard) -> None:
     assert body["version"] == taskyard.__version__
     stamp = datetime.fromisoformat(body["timestamp"])
     assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC) + timedelta(seconds=1)
-    assert httpx.get(f"{yard.url}/").json()["status"] == "ok"
-    ready = httpx.get(f"{yard.url}/ready")
+    assert yard.http.get(f"{yard.url}/").json()["status"] == "ok"
+    ready = yard.http.get(f"{yard.url}/ready")
     assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text

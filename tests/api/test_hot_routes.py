@@ -1,8 +1,9 @@
-"""The hot task routes' fast path (`api.hot.HotRoutes`, issue 11), in-process on a real SQLite
-file: it answers valid creates and reads on its own, exactly as the FastAPI routes would, and
-hands everything it is not sure of to those routes, body and all, so errors stay the routes'.
+"""The hot task routes' fast path (`api.hot.HotRoutes`, issue 11), in-process
+(`taskyard.testing.Harness`): it answers valid creates and reads on its own, exactly as the
+FastAPI routes would, and hands everything it is not sure of to those routes, body and all, so
+errors stay the routes'.
 
-Three apps share one database: `full` as served; `routes_only` without the fast path (the
+Three apps share one store: `full` as served; `routes_only` without the fast path (the
 FastAPI routes answer everything); `hot_only` with nothing behind the fast path (what it
 declines gets a 418), so whatever it answers, it answered alone.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -24,11 +24,10 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from taskyard import auth
-from taskyard.api.app import create_app
 from taskyard.api.hot import HotRoutes
-from taskyard.config import Settings
 from taskyard.domain.ports import TaskQuery
-from tests.support import SECRET, bearer, count_rows, token, wait_for
+from taskyard.testing import Harness, MemoryStore, harness_settings
+from tests.support import SECRET, bearer, token, wait_for
 
 DECLINED_STATUS = 418
 
@@ -49,10 +48,18 @@ async def _declined(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class _Alone(HotRoutes):
-    """The fast path with nothing behind it: what it does not answer gets `_declined`."""
+    """The fast path with nothing behind it: what it does not answer gets `_declined`. The
+    lifespan still reaches the app (it never goes through the fast path)."""
 
     def __init__(self, app: ASGIApp) -> None:
         super().__init__(_declined)
+        self._behind = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._behind(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _fast_path_alone(app: FastAPI) -> FastAPI:
@@ -63,12 +70,13 @@ def _fast_path_alone(app: FastAPI) -> FastAPI:
 
 
 class Apps:
-    def __init__(self, database_url: str) -> None:
-        settings = Settings(database_url=database_url, jwt_secret=SECRET)
-        self.database_url = database_url
-        self.full = create_app(settings)
-        self.routes_only = _without_fast_path(create_app(settings))
-        self.hot_only = _fast_path_alone(create_app(settings))
+    def __init__(self) -> None:
+        settings = harness_settings(jwt_secret=SECRET)
+        self.store = MemoryStore()
+        self.yards = [Harness(settings, store=self.store) for _ in range(3)]
+        self.full = self.yards[0].app
+        self.routes_only = _without_fast_path(self.yards[1].app)
+        self.hot_only = _fast_path_alone(self.yards[2].app)
 
     def client(self, app: FastAPI, roles: list[str], sub: str = "alice") -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -77,16 +85,16 @@ class Apps:
             headers=bearer(token(roles, sub)),
         )
 
-    def stored(self) -> int:
-        return count_rows(self.database_url, "tasks")
+    async def stored(self) -> int:
+        return sum((await self.store.count_tasks()).values())
 
 
 @pytest.fixture
-async def apps(tmp_path: Path) -> AsyncIterator[Apps]:
-    apps = Apps(f"sqlite:///{tmp_path / 'hot.db'}")
+async def apps() -> AsyncIterator[Apps]:
+    apps = Apps()
     async with contextlib.AsyncExitStack() as stack:
-        for app in (apps.full, apps.routes_only, apps.hot_only):
-            await stack.enter_async_context(app.router.lifespan_context(app))
+        for yard in apps.yards:
+            await stack.enter_async_context(yard)
         yield apps
 
 
@@ -122,7 +130,7 @@ async def test_the_fast_path_answers_valid_creates_and_reads_alone(apps: Apps) -
         assert read.json()["taskDetails"]["waiting"]["reason"]
         waited = await alice.get(f"/api/task/{task['taskId']}?wait=0.05")
         assert waited.status_code == 200 and waited.json()["taskDetails"]["status"] == "WAITING"
-        assert apps.stored() == 1
+        assert await apps.stored() == 1
 
 
 async def test_the_fast_path_refuses_callers_as_the_routes_do(apps: Apps) -> None:
@@ -152,7 +160,7 @@ async def test_the_fast_path_refuses_callers_as_the_routes_do(apps: Apps) -> Non
                 refused = await anonymous.post("/api/task", json={"model": "m"})
                 assert refused.status_code == 401
                 assert refused.headers["www-authenticate"] == "Bearer"
-        assert apps.stored() == 1
+        assert await apps.stored() == 1
 
 
 DECLINED: dict[str, tuple[str, str, bytes]] = {
@@ -192,7 +200,7 @@ async def test_what_the_fast_path_is_unsure_of_gets_the_routes_answer(
         # Without the routes behind it, the fast path's refusal to answer shows.
         declined = await hot_only.request(method, url, content=body)
         assert declined.status_code == DECLINED_STATUS
-    assert apps.stored() == 0
+    assert await apps.stored() == 0
 
 
 async def test_a_repeated_option_is_left_to_the_route(apps: Apps) -> None:
@@ -253,7 +261,7 @@ async def test_a_create_with_wait_answers_once_the_task_is_final(apps: Apps, whi
         assert answered.json()["taskId"] == newest.id
         assert answered.json()["taskDetails"]["status"] == "CANCELLED"
         assert waits.open("alice") == 0
-    assert apps.stored() == 2
+    assert await apps.stored() == 2
 
 
 async def test_the_fast_path_answers_valid_batches_alone_and_leaves_bad_ones(apps: Apps) -> None:
@@ -267,7 +275,7 @@ async def test_the_fast_path_answers_valid_batches_alone_and_leaves_bad_ones(app
         answered = await hot_only.post("/api/tasks/batch", json=body)
         assert answered.status_code == 200, answered.text
         assert [t["status"] for t in answered.json()["tasks"]] == ["WAITING"] * 3
-        assert answered.json()["count"] == 3 and apps.stored() == 3
+        assert answered.json()["count"] == 3 and await apps.stored() == 3
         assert (await service.post("/api/tasks/batch", json=body)).status_code == 403
         # A bad item (and a body that is not JSON): the route's 400, naming it; nothing stored.
         bad = {"tasks": [{"request": {"model": "m"}}, {"request": {"model": ""}}]}
@@ -283,10 +291,10 @@ async def test_the_fast_path_answers_valid_batches_alone_and_leaves_bad_ones(app
             ]
             assert [r.status_code for r in refused] == [400, 400]
             assert refused[0].json() == refused[1].json()
-        assert apps.stored() == 3
+        assert await apps.stored() == 3
         both = [await client.post("/api/tasks/batch", json=body) for client in (full, routes_only)]
         shapes = [[(t["status"], t["warnings"]) for t in a.json()["tasks"]] for a in both]
-        assert shapes[0] == shapes[1] and apps.stored() == 9
+        assert shapes[0] == shapes[1] and await apps.stored() == 9
 
 
 async def test_integers_beyond_64_bits_go_to_the_routes_even_where_orjson_rounds_them(
@@ -310,4 +318,4 @@ async def test_integers_beyond_64_bits_go_to_the_routes_even_where_orjson_rounds
         # A long digit string is declined too, and the route then stores it as usual.
         digits = b'{"model": "m", "id": "12345678901234567890"}'
         assert (await full.post("/api/task", content=digits, headers=headers)).status_code == 200
-    assert apps.stored() == 1
+    assert await apps.stored() == 1

@@ -1,6 +1,7 @@
-"""Keys over HTTP, against a real `taskyard serve` process: two HS256 secrets by `kid` beside the
-seed's shared one, a JWKS served by a real HTTP server on 127.0.0.1, a required `iss` and `aud`,
-`taskyard token` signing with the signing kid; production refusing a short secret of any kid."""
+"""Keys over HTTP, against the app in-process (`tests.inprocess`): two HS256 secrets by `kid`
+beside the seed's shared one, a JWKS served by a real HTTP server on 127.0.0.1, a required `iss`
+and `aud`, `taskyard token` (the command, run as a process) signing with the signing kid;
+`taskyard serve` in production refusing a short secret of any kid."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.inprocess import InProcessYard
 from tests.jwks import JwksServer, hmac_token, jwk, jwks_document
-from tests.support import SECRET, Taskyard, bearer, clean_env, running_taskyard, wait_for
+from tests.support import SECRET, bearer, clean_env, wait_for
 
 OLD, NEW = "old-" + "o" * 40, "new-" + "n" * 40
 KEYS_ENV = {"TASKYARD_JWT_SECRETS": f"k1:{OLD},k2:{NEW}", "TASKYARD_JWT_SIGNING_KID": "k2"}
@@ -38,9 +39,8 @@ def jwks_server() -> Iterator[JwksServer]:
 
 
 @pytest.fixture(scope="module")
-def yard(jwks_server: JwksServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    workdir = tmp_path_factory.mktemp("keys")
-    env: dict[str, Any] = {
+def yard(jwks_server: JwksServer) -> Iterator[InProcessYard]:
+    settings: dict[str, Any] = {
         "jwt_secrets": KEYS_ENV["TASKYARD_JWT_SECRETS"],
         "jwt_signing_kid": "k2",
         "jwks_url": jwks_server.url,
@@ -48,7 +48,7 @@ def yard(jwks_server: JwksServer, tmp_path_factory: pytest.TempPathFactory) -> I
         "jwt_issuer": ISSUER,
         "jwt_audience": AUDIENCE,
     }
-    with running_taskyard(workdir, **env) as node:  # TASKYARD_JWT_SECRET=SECRET as well
+    with InProcessYard(**settings) as node:  # jwt_secret=SECRET as well
         yield node
 
 
@@ -63,12 +63,12 @@ def claims(**extra: Any) -> dict[str, Any]:
     }
 
 
-def status(yard: Taskyard, tok: str) -> int:
-    return httpx.get(f"{yard.url}/api/servers", headers=bearer(tok)).status_code
+def status(yard: InProcessYard, tok: str) -> int:
+    return yard.http.get(f"{yard.url}/api/servers", headers=bearer(tok)).status_code
 
 
 def test_every_hs256_secret_is_accepted_by_its_kid_and_the_shared_one_without(
-    yard: Taskyard,
+    yard: InProcessYard,
 ) -> None:
     assert status(yard, jwt.encode(claims(), OLD, "HS256", headers={"kid": "k1"})) == 200
     assert status(yard, jwt.encode(claims(), NEW, "HS256", headers={"kid": "k2"})) == 200
@@ -77,7 +77,7 @@ def test_every_hs256_secret_is_accepted_by_its_kid_and_the_shared_one_without(
     assert status(yard, jwt.encode(claims(), NEW, "HS256")) == 401
 
 
-def test_issuer_and_audience_are_enforced(yard: Taskyard) -> None:
+def test_issuer_and_audience_are_enforced(yard: InProcessYard) -> None:
     assert status(yard, jwt.encode(claims(), NEW, "HS256", headers={"kid": "k2"})) == 200
     for wrong in ({"iss": "https://evil.test"}, {"aud": "someone-else"}):
         assert status(yard, jwt.encode(claims(**wrong), NEW, "HS256", headers={"kid": "k2"})) == 401
@@ -85,7 +85,9 @@ def test_issuer_and_audience_are_enforced(yard: Taskyard) -> None:
     assert status(yard, jwt.encode(bare, NEW, "HS256", headers={"kid": "k2"})) == 401
 
 
-def test_rs256_from_the_jwks_is_accepted_and_the_hs256_confusion_is_not(yard: Taskyard) -> None:
+def test_rs256_from_the_jwks_is_accepted_and_the_hs256_confusion_is_not(
+    yard: InProcessYard,
+) -> None:
     rs = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
     assert status(yard, rs) == 200
     pem = RSA_KEY.public_key().public_bytes(
@@ -96,7 +98,7 @@ def test_rs256_from_the_jwks_is_accepted_and_the_hs256_confusion_is_not(yard: Ta
 
 
 def test_a_new_jwks_key_is_fetched_on_its_first_token_and_a_flood_of_kids_is_rate_limited(
-    yard: Taskyard, jwks_server: JwksServer
+    yard: InProcessYard, jwks_server: JwksServer
 ) -> None:
     jwks_server.document = jwks_document(
         jwk(RSA_KEY.public_key(), "rsa-1"), jwk(EC_KEY.public_key(), "ec-2")
@@ -113,7 +115,7 @@ def test_a_new_jwks_key_is_fetched_on_its_first_token_and_a_flood_of_kids_is_rat
     assert jwks_server.fetches - before <= 1 + elapsed / REFETCH_MIN_S
 
 
-def test_token_command_signs_with_the_signing_kid(yard: Taskyard, tmp_path: Path) -> None:
+def test_token_command_signs_with_the_signing_kid(yard: InProcessYard, tmp_path: Path) -> None:
     env = clean_env(
         **KEYS_ENV,
         TASKYARD_JWT_ISSUER=ISSUER,

@@ -1,28 +1,23 @@
 """`/ready` tells a load balancer the truth (issue 10, item 7): it fails while a background
 loop keeps failing, naming the loop and its error's type (never its message: the probe is
-public), and recovers with the loop. In-process, on a real SQLite file."""
+public), and recovers with the loop. In-process (`taskyard.testing.Harness`)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import httpx
+import pytest
 
-from taskyard.api.app import create_app
-from taskyard.config import Settings
 from taskyard.domain.coordinator import LOOP_FAILURES_NOT_READY
-from tests.support import SECRET, bearer, token
+from taskyard.testing import Harness
 
 
-async def test_ready_fails_while_a_loop_keeps_failing_and_names_it(tmp_path: Path) -> None:
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'ready.db'}", jwt_secret=SECRET))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://yard") as client,
-    ):
+async def test_ready_fails_while_a_loop_keeps_failing_and_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Harness() as yard, yard.client() as client:
         assert (await client.get("/ready")).status_code == 200
-        coordinator = app.state.coordinator
+        coordinator = yard.coordinator
         chores, store = coordinator.chores, coordinator.store
         broken = asyncio.Event()
 
@@ -30,7 +25,8 @@ async def test_ready_fails_while_a_loop_keeps_failing_and_names_it(tmp_path: Pat
             broken.set()
             raise RuntimeError("disk full at /secret/path")
 
-        real_touch, store.touch_node = store.touch_node, failing_touch
+        real_touch = store.touch_node
+        monkeypatch.setattr(store, "touch_node", failing_touch)
         chores.failure_pause_s = 0.01
         chores.wake()
         await asyncio.wait_for(broken.wait(), timeout=10)
@@ -42,10 +38,10 @@ async def test_ready_fails_while_a_loop_keeps_failing_and_names_it(tmp_path: Pat
         assert ready.status_code == 503
         assert "RuntimeError" in ready.json()["failingLoops"]["chores"]
         assert "/secret/path" not in ready.text
-        metrics = await client.get("/metrics", headers=bearer(token(["admin"], "root")))
+        metrics = await yard.admin.get("/metrics")
         assert "taskyard_loop_failures_total{" in metrics.text and 'loop="chores"' in metrics.text
 
-        store.touch_node = real_touch
+        monkeypatch.setattr(store, "touch_node", real_touch)
         chores.wake()
         for _ in range(500):
             if chores.failures_in_a_row == 0:

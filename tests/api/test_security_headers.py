@@ -1,8 +1,9 @@
-"""Security headers and CORS (issue 10, item 1), in-process against the app on a real SQLite
-file: every answer says nosniff and sends no referrer, JSON answers forbid rendering, the docs
-allow exactly their own inline script; CORS answers listed origins only, preflights need no
-token, and with no origins configured there are no CORS headers at all. The docs can be
-switched off; a real node sends no `server` banner."""
+"""Security headers and CORS (issue 10, item 1), against the app in-process
+(`taskyard.testing.Harness`): every answer says nosniff and sends no referrer, JSON answers
+forbid rendering, the docs allow exactly their own inline script; CORS answers listed origins
+only, preflights need no token, and with no origins configured there are no CORS headers at
+all. The docs can be switched off. (A real node sends no `server` banner:
+`tests/e2e/test_api_smoke.py`.)"""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from taskyard.api.app import create_app
 from taskyard.config import Settings
-from tests.support import SECRET, Taskyard, bearer, token
+from taskyard.testing import Harness, harness_settings
+from tests.support import SECRET, bearer, token
 
 APP_ORIGIN = "https://app.example.com"
 EVIL_ORIGIN = "https://evil.example.com"
@@ -28,14 +28,10 @@ Client = Callable[..., Any]
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    config = Settings(
-        database_url=f"sqlite:///{tmp_path / 'sec.db'}", jwt_secret=SECRET, **settings
-    )
-    app = create_app(config)
+async def serving(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://yard") as client,
+        Harness(harness_settings(jwt_secret=SECRET, **settings)) as yard,
+        yard.client() as client,
     ):
         yield client
 
@@ -45,8 +41,8 @@ def assert_common(response: httpx.Response) -> None:
     assert response.headers["referrer-policy"] == "no-referrer"
 
 
-async def test_every_answer_carries_the_headers_and_json_may_not_render(tmp_path: Path) -> None:
-    async with serving(tmp_path) as client:
+async def test_every_answer_carries_the_headers_and_json_may_not_render() -> None:
+    async with serving() as client:
         for response in (
             await client.get("/"),
             await client.get("/api/tasks"),  # 401
@@ -62,8 +58,8 @@ async def test_every_answer_carries_the_headers_and_json_may_not_render(tmp_path
         assert dashboard.headers["content-security-policy"].startswith("default-src 'self'")
 
 
-async def test_the_docs_policy_allows_exactly_their_inline_script(tmp_path: Path) -> None:
-    async with serving(tmp_path) as client:
+async def test_the_docs_policy_allows_exactly_their_inline_script() -> None:
+    async with serving() as client:
         docs = await client.get("/docs")
         assert_common(docs)
         policy = docs.headers["content-security-policy"]
@@ -79,8 +75,8 @@ async def test_the_docs_policy_allows_exactly_their_inline_script(tmp_path: Path
         )
 
 
-async def test_without_origins_there_are_no_cors_headers(tmp_path: Path) -> None:
-    async with serving(tmp_path) as client:
+async def test_without_origins_there_are_no_cors_headers() -> None:
+    async with serving() as client:
         simple = await client.get("/", headers={"Origin": APP_ORIGIN})
         preflight = await client.options(
             "/api/task", headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"}
@@ -89,10 +85,8 @@ async def test_without_origins_there_are_no_cors_headers(tmp_path: Path) -> None
             assert not [h for h in response.headers if h.startswith("access-control-")]
 
 
-async def test_listed_origins_get_cors_with_credentials_and_others_nothing(
-    tmp_path: Path,
-) -> None:
-    async with serving(tmp_path, cors_origins=f"{APP_ORIGIN}, http://localhost:3000") as client:
+async def test_listed_origins_get_cors_with_credentials_and_others_nothing() -> None:
+    async with serving(cors_origins=f"{APP_ORIGIN}, http://localhost:3000") as client:
         preflight = await client.options(
             "/api/task",
             headers={
@@ -121,8 +115,8 @@ async def test_listed_origins_get_cors_with_credentials_and_others_nothing(
         assert "access-control-allow-origin" not in simple.headers
 
 
-async def test_any_origin_never_comes_with_credentials(tmp_path: Path) -> None:
-    async with serving(tmp_path, cors_origins="*") as client:
+async def test_any_origin_never_comes_with_credentials() -> None:
+    async with serving(cors_origins="*") as client:
         simple = await client.get("/", headers={"Origin": EVIL_ORIGIN})
         assert simple.headers["access-control-allow-origin"] == "*"
         assert "access-control-allow-credentials" not in simple.headers
@@ -133,15 +127,8 @@ def test_a_malformed_origin_is_refused_at_start() -> None:
         Settings(jwt_secret=SECRET, cors_origins="app.example.com/path")
 
 
-async def test_the_docs_can_be_switched_off(tmp_path: Path) -> None:
-    async with serving(tmp_path, docs=False) as client:
+async def test_the_docs_can_be_switched_off() -> None:
+    async with serving(docs=False) as client:
         assert (await client.get("/docs")).status_code == 404
         assert (await client.get("/redoc")).status_code == 404
         assert (await client.get("/openapi.json")).status_code == 200  # the SDK's contract
-
-
-def test_a_real_node_sends_no_server_banner(taskyard: Taskyard) -> None:
-    response = httpx.get(taskyard.url + "/")
-    assert response.status_code == 200
-    assert "server" not in response.headers
-    assert_common(response)

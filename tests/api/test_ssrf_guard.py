@@ -1,4 +1,5 @@
-"""The SSRF guard at its two places (issue 10, item 2), in-process on 127.0.0.1/127.0.0.2 only.
+"""The SSRF guard at its two places (issue 10, item 2), in-process on 127.0.0.1/127.0.0.2 only
+(the registrations through `taskyard.testing.Harness`).
 
 At registration, a production node refuses an endpoint that is or resolves to an inward
 address with a 400 naming the field and the rule, and stores nothing (names resolve through a
@@ -13,7 +14,6 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from ipaddress import ip_address
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,12 +21,11 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from taskyard.api.app import create_app
 from taskyard.backends import AiohttpBackendClient
-from taskyard.config import Settings
 from taskyard.domain.ports import ReplyKind
 from taskyard.netguard import Address, NetworkGuard
-from tests.support import SECRET, bearer, free_port, token
+from taskyard.testing import Harness, harness_settings
+from tests.support import SECRET, free_port
 
 ALLOWED_HOST = "127.0.0.2"  # the one address the guard below allows
 REFUSED_HOST = "127.0.0.1"  # loopback, not allowed in production
@@ -63,20 +62,10 @@ class StubResolver(AbstractResolver):
 
 
 @pytest.fixture
-async def admin(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        env="production", database_url=f"sqlite:///{tmp_path / 'guard.db'}", jwt_secret=SECRET
-    )
-    app = create_app(settings, resolve=registration_resolve)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app),
-            base_url="http://yard",
-            headers=bearer(token(["admin"], "root")),
-        ) as client,
-    ):
-        yield client
+async def admin() -> AsyncIterator[httpx.AsyncClient]:
+    settings = harness_settings(env="production", jwt_secret=SECRET)
+    async with Harness(settings, resolve=registration_resolve) as yard:
+        yield yard.admin
 
 
 @pytest.mark.parametrize(

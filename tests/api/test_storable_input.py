@@ -1,6 +1,8 @@
 """Input that the stores cannot hold as given: NUL characters, invalid UTF-8, numbers JSON has no
-word for, and token claims that are missing or absurd. Each is refused (400, 401 or 404) on
-both databases, stores nothing, and leaves no traceback in the node's log.
+word for, and token claims that are missing or absurd. Each is refused (400, 401 or 404),
+stores nothing, and leaves no traceback in the node's log. In-process (`tests.inprocess`); what
+a database must hold exactly is stored on both databases, and
+`tests/e2e/test_api_smoke.py` checks a real node's log.
 
 PostgreSQL refuses NUL in text (`CharacterNotInRepertoireError`); Python's `json` reads `NaN`,
 `Infinity` and `1e400`, which orjson would store and forward as `null`.
@@ -18,29 +20,33 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import SECRET, Taskyard, bearer, count_rows, shared_taskyard, token
+from tests.inprocess import InProcessYard, no_error_logged
+from tests.support import SECRET, bearer, token
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard() -> Iterator[InProcessYard]:
     """One coordinator with no backends: tasks stay WAITING, nothing moves under the tests."""
-    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"storable-{db_kind}")) as node:
+    with InProcessYard() as node:
+        yield node
+
+
+@pytest.fixture
+def db_yard(database_url: str) -> Iterator[InProcessYard]:
+    """A coordinator on a real database (SQLite, then PostgreSQL), for what it must hold."""
+    with InProcessYard(database_url=database_url) as node:
         yield node
 
 
 @pytest.fixture(autouse=True)
-def no_traceback_logged(yard: Taskyard) -> Iterator[None]:
+def no_traceback_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Bad input is the client's fault: the node logs no traceback or error for it."""
-    start = yard.log.stat().st_size
-    yield
-    with open(yard.log, "rb") as log:
-        log.seek(start)
-        added = log.read().decode(errors="replace")
-    assert "Traceback" not in added and " ERROR " not in added, added[-3000:]
+    with no_error_logged(caplog):
+        yield
 
 
-def counts(yard: Taskyard) -> tuple[int, int]:
-    return count_rows(yard.database_url, "tasks"), count_rows(yard.database_url, "servers")
+def counts(yard: InProcessYard) -> tuple[int, int]:
+    return yard.count_rows("tasks"), yard.count_rows("servers")
 
 
 def raw_json_token(payload: str, secret: str = SECRET) -> str:
@@ -54,7 +60,7 @@ def raw_json_token(payload: str, secret: str = SECRET) -> str:
     return (signing_input + b"." + b64(signature)).decode()
 
 
-def post_raw(yard: Taskyard, path: str, content: bytes) -> httpx.Response:
+def post_raw(yard: InProcessYard, path: str, content: bytes) -> httpx.Response:
     return yard.admin.post(path, content=content, headers={"Content-Type": "application/json"})
 
 
@@ -68,7 +74,7 @@ BAD_TEXT_TASKS: dict[str, bytes] = {
 
 
 @pytest.mark.parametrize("case", BAD_TEXT_TASKS, ids=str)
-def test_text_a_store_cannot_hold_is_400(yard: Taskyard, case: str) -> None:
+def test_text_a_store_cannot_hold_is_400(yard: InProcessYard, case: str) -> None:
     """A task whose model (a column) has NUL or invalid UTF-8 is 400 naming it; nothing stored."""
     before = counts(yard)
     response = post_raw(yard, "/api/task", BAD_TEXT_TASKS[case])
@@ -77,19 +83,19 @@ def test_text_a_store_cannot_hold_is_400(yard: Taskyard, case: str) -> None:
     assert counts(yard) == before
 
 
-def test_nul_inside_a_forwarded_field_is_kept(yard: Taskyard) -> None:
+def test_nul_inside_a_forwarded_field_is_kept(db_yard: InProcessYard) -> None:
     """NUL is refused only where it would reach a column: inside the request's other fields it
     is stored (as a JSON escape) and read back unchanged, on PostgreSQL too."""
     request = {"model": "m", "prompt": "a\x00b", "nested": {"k\x00": ["\x00"]}}
-    created = yard.admin.post("/api/task", json=request)
+    created = db_yard.admin.post("/api/task", json=request)
     assert created.status_code == 200, created.text
-    assert yard.task(created.json()["taskId"])["request"] == request
+    assert db_yard.task(created.json()["taskId"])["request"] == request
 
 
 @pytest.mark.parametrize(
     "field", ["name", "provider", "models"], ids=["name", "provider", "model-list"]
 )
-def test_nul_in_a_registration_is_400(yard: Taskyard, field: str) -> None:
+def test_nul_in_a_registration_is_400(yard: InProcessYard, field: str) -> None:
     """NUL in a server's name, provider or models is 400 naming the field; no server stored."""
     body: dict[str, Any] = {"id": "nul-srv", "endpoints": {"predict": "http://127.0.0.1:9/p"}}
     body[field] = ["a\x00b"] if field == "models" else "a\x00b"
@@ -101,7 +107,7 @@ def test_nul_in_a_registration_is_400(yard: Taskyard, field: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "cancel"])
-def test_nul_in_a_task_id_is_404(yard: Taskyard, method: str) -> None:
+def test_nul_in_a_task_id_is_404(yard: InProcessYard, method: str) -> None:
     """A task id with NUL cannot exist: GET, PUT and cancel answer 404, as for any unknown id."""
     task_id = "a%00b"
     report = {"data": 1, "metadata": {"status": "FINISHED"}}
@@ -115,7 +121,7 @@ def test_nul_in_a_task_id_is_404(yard: Taskyard, method: str) -> None:
     assert response.json()["error"].startswith("Task a")
 
 
-def test_nul_in_report_fields_is_400(yard: Taskyard) -> None:
+def test_nul_in_report_fields_is_400(yard: InProcessYard) -> None:
     """NUL in a report's metadata.server_id or message (both reach columns) is 400; the task
     is unchanged."""
     task_id = yard.submit({"model": "m"})
@@ -144,7 +150,9 @@ NOT_JSON_NUMBERS = {
 
 
 @pytest.mark.parametrize("case", NOT_JSON_NUMBERS, ids=str)
-def test_numbers_storage_would_change_are_400_naming_the_field(yard: Taskyard, case: str) -> None:
+def test_numbers_storage_would_change_are_400_naming_the_field(
+    yard: InProcessYard, case: str
+) -> None:
     """`x: NaN` (or ±Infinity, ±1e400, a whole number beyond 64 bits) is 400 naming `x`, and
     nothing is stored: not `null`, as before."""
     before = counts(yard)
@@ -154,21 +162,21 @@ def test_numbers_storage_would_change_are_400_naming_the_field(yard: Taskyard, c
     assert counts(yard) == before
 
 
-def test_nested_bad_number_is_named_by_its_path(yard: Taskyard) -> None:
+def test_nested_bad_number_is_named_by_its_path(yard: InProcessYard) -> None:
     response = post_raw(yard, "/api/task", b'{"model": "m", "a": {"b": [1, 2, NaN]}}')
     assert response.status_code == 400, response.text
     assert "a.b.2: nan" in response.text
 
 
-def test_numbers_at_the_edges_are_kept_exactly(yard: Taskyard) -> None:
-    """What JSON and 64 bits can hold is stored and read back unchanged."""
+def test_numbers_at_the_edges_are_kept_exactly(db_yard: InProcessYard) -> None:
+    """What JSON and 64 bits can hold is stored and read back unchanged, on both databases."""
     request = {
         "model": "m",
         "numbers": [2**63 - 1, -(2**63), 2**64 - 1, 1.5, -1e-300, 0.1, 1.8e19, 9007199254740993.5],
     }
-    created = yard.admin.post("/api/task", json=request)
+    created = db_yard.admin.post("/api/task", json=request)
     assert created.status_code == 200, created.text
-    assert yard.task(created.json()["taskId"])["request"] == request
+    assert db_yard.task(created.json()["taskId"])["request"] == request
 
 
 @pytest.mark.parametrize(
@@ -188,7 +196,7 @@ def test_numbers_at_the_edges_are_kept_exactly(yard: Taskyard) -> None:
     ids=["report-data", "report-progress", "registration-extra", "heartbeat-load"],
 )
 def test_bad_numbers_in_reports_registrations_and_heartbeats_are_400(
-    yard: Taskyard, path: str, body: bytes
+    yard: InProcessYard, path: str, body: bytes
 ) -> None:
     """The same rule for a backend's report, a registration's extra fields and a heartbeat."""
     task_id = yard.submit({"model": "m"})
@@ -231,29 +239,29 @@ BAD_CLAIMS: dict[str, str] = {
 
 
 @pytest.mark.parametrize("case", BAD_CLAIMS, ids=str)
-def test_missing_or_absurd_claims_are_401(yard: Taskyard, case: str) -> None:
+def test_missing_or_absurd_claims_are_401(yard: InProcessYard, case: str) -> None:
     """A validly signed token whose claims are missing or absurd is 401 on reads and creates,
     and creates nothing (before, a token without `sub` acted as owner '', shared by all)."""
     headers = bearer(raw_json_token(BAD_CLAIMS[case]))
     before = counts(yard)
     for response in (
-        httpx.post(f"{yard.url}/api/task", json={"model": "m"}, headers=headers),
-        httpx.get(f"{yard.url}/api/task/7f4c1a52-0000-4000-8000-000000000000", headers=headers),
+        yard.http.post(f"{yard.url}/api/task", json={"model": "m"}, headers=headers),
+        yard.http.get(f"{yard.url}/api/task/7f4c1a52-0000-4000-8000-000000000000", headers=headers),
     ):
         assert response.status_code == 401, f"{case}: {response.status_code} {response.text}"
         assert response.json()["error"].startswith(("Invalid token", "Token expired")), case
     assert counts(yard) == before
 
 
-def test_tokens_without_sub_no_longer_share_tasks(yard: Taskyard) -> None:
+def test_tokens_without_sub_no_longer_share_tasks(yard: InProcessYard) -> None:
     """The probe's case: one sub-less token created a task, another read it. Now neither can."""
     no_sub = raw_json_token(f'{{"roles": ["user"], "exp": {_EXP}, "n": 1}}')
-    created = httpx.post(f"{yard.url}/api/task", json={"model": "m"}, headers=bearer(no_sub))
+    created = yard.http.post(f"{yard.url}/api/task", json={"model": "m"}, headers=bearer(no_sub))
     assert created.status_code == 401, created.text
     with yard.client(["user"], "alice") as alice:
         mine = alice.post("/api/task", json={"model": "m"})
     assert mine.status_code == 200, mine.text
-    other = httpx.get(
+    other = yard.http.get(
         f"{yard.url}/api/task/{mine.json()['taskId']}",
         headers=bearer(token(["user"], "bob")),
     )

@@ -9,6 +9,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +30,52 @@ from tests.cluster import (
     stored_result,
     wait_final,
 )
-from tests.support import MockBackend, mock_info, wait_for
+from tests.support import MockBackend, Taskyard, long_polls_open, mock_info, wait_for
 
-# Long enough that every server is checked a few times (FAST_ENV: interval 0.2 s to 1 s).
-WINDOW_S = 3.0
+# An observation window lasts until every server has been health-checked this many times
+# (FAST_ENV: one check every 0.2 s to 1 s), however long a busy machine takes for them.
+CHECKS_PER_WINDOW = 3
 # A dead node's duties must move within node_timeout_s plus this.
 FAILOVER_SLACK_S = 6.0
+# Rounds of lease renewal (each node's chores round tries to take the lease) watched to see
+# that a lease renewed in time never changes hands.
+LEASE_ROUNDS = 4
 
 
 def observe_window(
-    backends: dict[str, tuple[MockBackend, str]], seconds: float
+    backends: dict[str, tuple[MockBackend, str]], checks: int = CHECKS_PER_WINDOW
 ) -> dict[str, set[str | None]]:
-    """Which nodes health-checked each server during the next `seconds`.
+    """Which nodes health-checked each server from now until every server has been checked
+    `checks` times (a window measured in checks, not seconds).
 
     `backends` maps a server id to its mock and the health path registered for it.
     """
     started = time.time()
-    time.sleep(seconds)  # an observation window, not an assertion
-    ended = time.time()
-    by_mock: dict[str, list[dict[str, Any]]] = {}
-    seen: dict[str, set[str | None]] = {}
-    for server_id, (backend, path) in backends.items():
-        if backend.url not in by_mock:
-            by_mock[backend.url] = health_checks(backend)
-        seen[server_id] = {
-            c["node"]
-            for c in by_mock[backend.url]
-            if c["path"] == path and started <= c["at"] <= ended
-        }
-    return seen
+    seen: dict[str, list[str | None]] = {}
+
+    def every_server_checked() -> bool:
+        by_mock: dict[str, list[dict[str, Any]]] = {}
+        for server_id, (backend, path) in backends.items():
+            if backend.url not in by_mock:
+                by_mock[backend.url] = health_checks(backend)
+            seen[server_id] = [
+                c["node"] for c in by_mock[backend.url] if c["path"] == path and c["at"] >= started
+            ]
+        return all(len(nodes) >= checks for nodes in seen.values())
+
+    wait_for(every_server_checked, timeout=30, interval=0.2, what=f"{checks} checks per server")
+    return {server_id: set(nodes) for server_id, nodes in seen.items()}
+
+
+def last_seen(node: Taskyard) -> dict[str, int]:
+    """Each node's last record renewal (epoch ms), as `node` lists them."""
+    return {n["id"]: int(n["lastSeen"]) for n in nodes_of(node)}
+
+
+def all_renewed_since(node: Taskyard, before: dict[str, int]) -> dict[str, int] | None:
+    """The nodes' renewals once every node has renewed its record since `before`."""
+    now = last_seen(node)
+    return now if all(now.get(n, at) > at for n, at in before.items()) else None
 
 
 def single_owners(seen: dict[str, set[str | None]]) -> dict[str, str] | None:
@@ -74,12 +92,12 @@ def single_owners(seen: dict[str, set[str | None]]) -> dict[str, str] | None:
 def settled_owners(backends: dict[str, tuple[MockBackend, str]]) -> dict[str, str]:
     """Wait for a clean window (one node per server), then assert the next one is clean too."""
     wait_for(
-        lambda: single_owners(observe_window(backends, WINDOW_S)),
+        lambda: single_owners(observe_window(backends)),
         timeout=30,
         interval=0,
         what="each server health-checked by exactly one node",
     )
-    seen = observe_window(backends, WINDOW_S)
+    seen = observe_window(backends)
     owners = single_owners(seen)
     assert owners is not None, f"health checks by node, per server, after settling: {seen}"
     return owners
@@ -234,10 +252,15 @@ def test_chores_lease_single_holder(postgres_database_url: str, tmp_path: Path) 
 
         holder: str = wait_for(one_holder, timeout=15, what="one chores holder")
         assert holder in cluster.ids
-        for _ in range(8):  # a lease renewed in time never changes hands between live nodes
+        # A lease renewed in time never changes hands between live nodes: watched over rounds
+        # in which every node renewed its record (and so tried to take the lease).
+        seen = last_seen(cluster.nodes[0])
+        for _ in range(LEASE_ROUNDS):
             for node in cluster.nodes:
                 assert lease_holders(node) == [holder]
-            time.sleep(0.25)
+            seen = wait_for(partial(all_renewed_since, cluster.nodes[0], seen), what="a round")
+        for node in cluster.nodes:
+            assert lease_holders(node) == [holder]
 
         holding = cluster.nodes[cluster.ids.index(holder)]
         holding.stop()
@@ -291,7 +314,10 @@ def test_long_poll_woken_across_nodes(
 
         with ThreadPoolExecutor(len(ids)) as pool:
             futures = [pool.submit(wait_on, i) for i in range(len(ids))]
-            time.sleep(1.5)  # let every waiter reach its wait (not an assertion)
+            wait_for(
+                lambda: sum(long_polls_open(n) for n in cluster.nodes) == len(ids),
+                what="every waiter in its long poll",
+            )
             early = [outcome(f) for f in futures if f.done()]
             assert not early, f"waits answered before any result: {early}\n{cluster.log_tails()}"
             backend.control(hang=False)
@@ -530,7 +556,7 @@ def test_kill9_one_of_three_nodes_mid_stream(
 
         # After failover: each server checked by one survivor, and one survivor holds chores.
         def survivors_only() -> dict[str, str] | None:
-            owners = single_owners(observe_window(checked, WINDOW_S))
+            owners = single_owners(observe_window(checked))
             return owners if owners and set(owners.values()) <= survivor_ids else None
 
         owners_after: dict[str, str] = wait_for(

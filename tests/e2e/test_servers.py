@@ -471,8 +471,12 @@ def test_health_check_retries_network_errors(slow_fleet: Fleet) -> None:
     sid = backend.server_id
     backend.control(health_hang=True)
     slow_fleet.register(backend)  # the first check starts now; its first try hangs
-    time.sleep(0.4)  # past that try's 0.3 s timeout (the mock does not count health calls)
-    backend.control(health_hang=False)
+    # A second try reaching the mock is the retry: the first one timed out (0.3 s)...
+    wait_for(lambda: len(backend.health_checks()) >= 2, what="the first try's retry")
+    pending = yard.server(sid)
+    assert pending is not None  # ...and did not count: the check has not ended
+    assert pending["health"]["lastCheckAt"] is None, pending["health"]
+    backend.control(health_hang=False)  # this try, or the next, passes
     server = wait_for(
         lambda: (s := yard.server(sid)) and s["health"]["lastCheckAt"] and s,
         what="the first check to end",

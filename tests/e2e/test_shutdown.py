@@ -7,7 +7,6 @@ that was accepted."""
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -20,7 +19,15 @@ from pathlib import Path
 import httpx
 
 from taskyard.cli.serving import HURRIED_EXIT_S
-from tests.support import MockBackend, Taskyard, count_rows, mock_info, wait_for, writes_blocked
+from tests.support import (
+    MockBackend,
+    Taskyard,
+    count_rows,
+    long_polls_open,
+    mock_info,
+    wait_for,
+    writes_blocked,
+)
 
 GRACE_S = 3.0
 ENV = {"shutdown_grace_s": GRACE_S, "max_attempts": 3}
@@ -62,12 +69,6 @@ def accepts(node: Taskyard) -> bool:
             return True
     except OSError:
         return False
-
-
-def long_polls_open(node: Taskyard) -> int:
-    text = node.admin.get("/metrics").text
-    found = re.search(r"^taskyard_long_polls_open\{[^}]*\} (\d+)", text, re.MULTILINE)
-    return int(found.group(1)) if found else 0
 
 
 def test_sigterm_answers_open_long_polls_at_once_and_exits_0(

@@ -23,6 +23,7 @@ from tests.support import (
     shared_taskyard,
     token,
     wait_for,
+    wait_loop_passes,
 )
 
 MockFactory = Callable[..., MockBackend]
@@ -307,7 +308,7 @@ def test_task_waits_without_servers_then_runs_when_one_comes_online(fleet: Fleet
     """With no server the task stays WAITING; a server registering later runs it."""
     yard = fleet.yard
     task_id = fleet.submit()
-    time.sleep(0.5)  # several dispatcher passes (poll 0.1 s) with nothing to dispatch to
+    wait_loop_passes(yard, "dispatcher", 2)  # passes with nothing to dispatch the task to
     task = yard.task(task_id)
     assert task["status"] == "WAITING"
     assert task["attempts"] == [] and task["serverId"] is None

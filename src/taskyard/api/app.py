@@ -35,7 +35,9 @@ from taskyard.auth import JwtIssuer, TokenVerifier, keys_from, policy_from
 from taskyard.backends import AiohttpBackendClient
 from taskyard.clock import SystemClock
 from taskyard.config import Settings
+from taskyard.domain.clock import Clock
 from taskyard.domain.coordinator import Coordinator
+from taskyard.domain.ports import BackendClient, ClusterBus, LocalBus, Store
 from taskyard.domain_config import coordinator_config
 from taskyard.metrics import PrometheusObserver
 from taskyard.netguard import NetworkGuard, Resolve
@@ -70,9 +72,21 @@ def begin_shutdown(app: FastAPI, *, hurry: bool = False) -> None:
         coordinator.begin_shutdown(hurry=hurry)
 
 
-def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    resolve: Resolve | None = None,
+    store: Store | None = None,
+    client: BackendClient | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
     """Build the app. The store, client and loops start in the lifespan, not here. `resolve`
-    replaces the system resolver in the registration check (tests hand in a stub)."""
+    replaces the system resolver in the registration check (tests hand in a stub).
+
+    `store`, `client` and `clock` replace the production ones (`taskyard.testing.Harness`
+    hands in `MemoryStore`, an in-process backend client and a fake clock): an injected store
+    is neither migrated nor closed, and comes with no cluster bus; an injected client is
+    neither opened nor closed. Left out, the node opens its own, as `taskyard serve` does."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,41 +96,53 @@ def create_app(settings: Settings, *, resolve: Resolve | None = None) -> FastAPI
             await _start(app, resources)
             yield
 
-    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> None:
-        await upgrade(settings.database_url)
-        await verifier.start()  # loads the JWKS, if one is configured
-        node_id = settings.node_id or Coordinator.new_node_id()
-        store = SqlStore.open(
+    def _open_store(node_id: str, resources: contextlib.AsyncExitStack) -> tuple[Store, ClusterBus]:
+        sql = SqlStore.open(
             settings.database_url,
             pool_size=settings.db_pool_size,
             node_id=node_id,
             sqlite_synchronous=settings.sqlite_synchronous,
         )
-        resources.push_async_callback(store.close)
+        resources.push_async_callback(sql.close)
+        bus = open_bus(
+            settings.database_url,
+            node_id=node_id,
+            send=sql.notify,
+            peer_dir=settings.worker_bus_dir,
+        )
+        return sql, bus
+
+    async def _open_client(node_id: str, resources: contextlib.AsyncExitStack) -> BackendClient:
+        aiohttp_client = AiohttpBackendClient(
+            max_response_bytes=settings.max_backend_response_bytes, node_id=node_id, guard=guard
+        )
+        await aiohttp_client.open()
+        resources.push_async_callback(aiohttp_client.close)
+        return aiohttp_client
+
+    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> None:
+        if store is None:
+            await upgrade(settings.database_url)
+        await verifier.start()  # loads the JWKS, if one is configured
+        node_id = settings.node_id or Coordinator.new_node_id()
+        node_store, bus = (
+            (store, LocalBus()) if store is not None else _open_store(node_id, resources)
+        )
         logs.set_node_id(node_id)
         observer = PrometheusObserver(node_id)
         app.state.metrics = observer
-        client = AiohttpBackendClient(
-            max_response_bytes=settings.max_backend_response_bytes, node_id=node_id, guard=guard
-        )
-        await client.open()
-        resources.push_async_callback(client.close)
+        backend_client = client if client is not None else await _open_client(node_id, resources)
         coordinator = Coordinator(
-            store=store,
-            client=client,
+            store=node_store,
+            client=backend_client,
             tokens=JwtIssuer(
                 verifier.keys.signing,
                 server_token_ttl_s=settings.server_token_ttl_s,
                 policy=policy_from(settings),
             ),
             config=coordinator_config(settings, node_id),
-            clock=SystemClock(),
-            bus=open_bus(
-                settings.database_url,
-                node_id=node_id,
-                send=store.notify,
-                peer_dir=settings.worker_bus_dir,
-            ),
+            clock=clock if clock is not None else SystemClock(),
+            bus=bus,
             observer=observer,
         )
         app.state.coordinator = coordinator

@@ -210,7 +210,7 @@ async def _run_async(
             # is written: a coordinator that frees its slot on receipt and dispatches again
             # at once must not see this mock over its limit. A failed try takes it back.
             on_try=lambda: state.free_slot(run),
-            on_wait=lambda: state.take_slot(run),
+            on_wait=lambda: state.callback_failed(run),
         )
         state.callbacks.append(
             CallbackRecord(
@@ -346,6 +346,7 @@ async def info(request: web.Request) -> web.Response:
             "abandoned": state.abandoned(),
             "cancels": len(state.cancels),
             "unauthorized": state.unauthorized,
+            "callback_retries": state.callback_retries,
             "api_key_set": state.api_key is not None,
         }
     )

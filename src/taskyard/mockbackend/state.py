@@ -182,6 +182,7 @@ class MockState:
     max_in_flight: int = 0
     completed: int = 0
     unauthorized: int = 0
+    callback_retries: int = 0  # callback tries that failed and are to be tried again
     # Live, like in_flight: what a cancel can stop, by (task_id, attempt).
     running: dict[tuple[str, int], list[RunningAttempt]] = field(default_factory=dict)
 
@@ -222,6 +223,7 @@ class MockState:
         self.max_in_flight = self.in_flight
         self.completed = 0
         self.unauthorized = 0
+        self.callback_retries = 0
         self.rng.seed(self.config.seed)
 
     def set_hang(self, value: bool) -> None:
@@ -284,6 +286,12 @@ class MockState:
         if run.holds_slot:
             run.holds_slot = False
             self.in_flight -= 1
+
+    def callback_failed(self, run: RunningAttempt) -> None:
+        """A callback try of `run` failed and waits to be retried: count it, and hold the
+        slot again meanwhile."""
+        self.callback_retries += 1
+        self.take_slot(run)
 
     def take_slot(self, run: RunningAttempt) -> None:
         """Count `run` in flight again (a callback that failed waits to be retried)."""

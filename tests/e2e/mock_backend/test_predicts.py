@@ -104,7 +104,8 @@ def test_callback_retried_until_receiver_is_up(
         **{"async": True, "callback_url": f"{receiver.url}/cb", "callback_token": "tok"},
     )
     assert backend.predict(body).status_code == 202
-    time.sleep(1.0)
+    # The first try was refused and another is due: the receiver starts only now.
+    assert wait_until(lambda: backend.client.get("/info").json()["callback_retries"] >= 1)
     assert receiver.puts == []
     receiver.start()
 
@@ -126,8 +127,9 @@ def test_callback_conflict_is_not_retried(
     body = envelope("t-409", **{"async": True, "callback_url": f"{receiver.url}/cb"})
     assert backend.predict(body).status_code == 202
 
+    # The record is written once the delivery has ended: no retry can follow it.
     assert wait_until(lambda: len(backend.client.get("/callbacks").json()["callbacks"]) == 1)
-    time.sleep(0.3)  # several retry delays: a wrong retry would show up by now
+    assert backend.client.get("/info").json()["callback_retries"] == 0
     assert len(receiver.puts) == 1
     assert receiver.puts[0]["authorization"] is None
     record = backend.client.get("/callbacks").json()["callbacks"][0]
@@ -175,7 +177,9 @@ def test_hang_holds_predict_until_released(backend: Backend) -> None:
         pending_health: Future[httpx.Response] = pool.submit(
             backend.client.get, "/health", timeout=10.0
         )
-        time.sleep(0.5)
+        # Both reached the mock (counted in flight, recorded as a check), and are held.
+        assert wait_until(lambda: backend.client.get("/info").json()["in_flight"] == 1)
+        assert wait_until(lambda: len(backend.client.get("/health-checks").json()["checks"]) == 1)
         assert not pending.done()
         assert not pending_health.done()
         info = backend.client.get("/info").json()
@@ -203,8 +207,8 @@ def test_sigterm_while_hung_exits_promptly(spawn: Callable[..., Backend]) -> Non
     assert backend.control(hang=True).status_code == 200
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(backend.predict, envelope("t-term"), timeout=10.0)
-        time.sleep(0.2)
-        backend.proc.terminate()
+        assert wait_until(lambda: backend.client.get("/info").json()["in_flight"] == 1)
+        backend.proc.terminate()  # with the predict held
         assert backend.proc.wait(timeout=5) == 0
         # The connection may close before the 503 is written.
         with contextlib.suppress(httpx.TransportError):

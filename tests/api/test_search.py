@@ -1,5 +1,6 @@
-"""Task search (`GET /api/tasks`, issue 8 item 1) end to end: a real coordinator on SQLite and
-PostgreSQL, real mock backends, tasks in every state. Every filter, keyset paging while tasks
+"""Task search (`GET /api/tasks`, issue 8 item 1) through the API: the app in-process
+(`tests.inprocess`) on a real SQLite file and a real PostgreSQL database (the search is their
+SQL), in-process backends, tasks in every state. Every filter, keyset paging while tasks
 are being created, owners kept apart, and bad values refused with a 400."""
 
 from __future__ import annotations
@@ -7,30 +8,30 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Fleet, MockBackend, Taskyard, shared_taskyard, token, wait_for
+from tests.inprocess import InProcessFleet, InProcessYard, shared_yard
+from tests.support import wait_for
 
 FINAL = ("FINISHED", "FAILED", "CANCELLED")
 Task = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessYard]:
     """One coordinator (FAST_ENV intervals) shared by this module's tests. A server that
     answers 500 stays in rotation (its failures are the point), so tasks fail without waiting
     for it to come back online. No rate limits: a test pages while one user creates hundreds
     of tasks a second, and the property tests read as fast as the node answers."""
     workdir = tmp_path_factory.mktemp(f"yard-{db_kind}")
-    with shared_taskyard(
+    with shared_yard(
         db_kind,
         workdir,
         eject_after_failures=1000,
@@ -39,22 +40,6 @@ def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tas
         rate_limit_requests="",  # ...and hundreds of searches (tests/api covers the limits)
     ) as node:
         yield node
-
-
-@pytest.fixture(scope="module")
-def module_mocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MockBackend]]:
-    """Like `mock_factory`, for module-scoped fixtures: the mocks live as long as the module."""
-    workdir: Path = tmp_path_factory.mktemp("mocks")
-    started: list[MockBackend] = []
-
-    def start(server_id: str, *extra: str) -> MockBackend:
-        backend = MockBackend(server_id, workdir=workdir, extra=list(extra))
-        started.append(backend)
-        return backend.start("/health")
-
-    yield start
-    for backend in started:
-        backend.stop()
 
 
 def search(client: httpx.Client, **params: Any) -> httpx.Response:
@@ -110,7 +95,7 @@ def create(client: httpx.Client, model: str, **params: Any) -> str:
 class World:
     """Two users' tasks in every state; `tasks` is each one as an admin reads it, settled."""
 
-    yard: Taskyard
+    yard: InProcessYard
     owners: tuple[str, str]
     server_a: str  # serves model_a, finishes its tasks
     server_err: str  # serves model_err, answers 500 to every predict
@@ -126,9 +111,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(yard: Taskyard, module_mocks: Callable[..., MockBackend]) -> Iterator[World]:
+def world(yard: InProcessYard) -> Iterator[World]:
     tag = uuid.uuid4().hex[:8]
-    fleet = Fleet(yard, module_mocks)
+    fleet = InProcessFleet(yard)
     ok, err = fleet.mocks("ok", ("err", "--error-rate", "1"))
     w = World(
         yard=yard,
@@ -346,7 +331,7 @@ def test_user_sees_only_own_tasks_through_any_filter(world: World) -> None:
 
 def test_search_needs_a_user_or_admin(world: World) -> None:
     """No token → 401; a service token (a backend's) → 403."""
-    response = httpx.get(world.yard.url + "/api/tasks")
+    response = world.yard.http.get(world.yard.url + "/api/tasks")
     assert response.status_code == 401
     service = world.yard.client(["service"], "srv")
     with service:
@@ -382,16 +367,15 @@ def more_than(items: list[str], n: int) -> bool:
     return len(items) > n
 
 
-def test_paging_through_250_tasks_while_tasks_are_created(yard: Taskyard) -> None:
+def test_paging_through_250_tasks_while_tasks_are_created(yard: InProcessYard) -> None:
     """Walking 250 tasks 50 at a time while the same owner keeps creating tasks that match
     the same filters: every one of the 250 is seen exactly once, pages never repeat, and only
     tasks created meanwhile can appear besides them."""
     owner = f"pager-{uuid.uuid4().hex[:8]}"
     model = f"model-pager-{owner}"
-    auth = {"Authorization": f"Bearer {token(['user'], owner)}"}
 
     def make(n: int) -> list[str]:
-        with httpx.Client(base_url=yard.url, headers=auth) as client:
+        with yard.client(["user"], owner) as client:
             return [create(client, model) for _ in range(n)]
 
     with ThreadPoolExecutor(max_workers=5) as pool:
@@ -402,7 +386,7 @@ def test_paging_through_250_tasks_while_tasks_are_created(yard: Taskyard) -> Non
     stop = threading.Event()
 
     def keep_creating() -> None:
-        with httpx.Client(base_url=yard.url, headers=auth) as client:
+        with yard.client(["user"], owner) as client:
             while not stop.is_set():
                 created_meanwhile.append(create(client, model))
 
@@ -411,7 +395,7 @@ def test_paging_through_250_tasks_while_tasks_are_created(yard: Taskyard) -> Non
     pages: list[list[Task]] = []
     try:
         wait_for(lambda: len(created_meanwhile) >= 3, what="the creator to be under way")
-        with httpx.Client(base_url=yard.url, headers=auth) as client:
+        with yard.client(["user"], owner) as client:
             cursor = None
             while True:
                 before = len(created_meanwhile)
@@ -441,7 +425,7 @@ def test_paging_through_250_tasks_while_tasks_are_created(yard: Taskyard) -> Non
     assert {t["owner"] for t in everything} == {owner}
 
     # Walked again once the creates stopped, it is every task, once, newest first.
-    with httpx.Client(base_url=yard.url, headers=auth) as client:
+    with yard.client(["user"], owner) as client:
         again = [t for p in every_page(client, limit=50) for t in p]
         default = search(client).json()
     assert len(again) == 250 + len(created_meanwhile) == len({t["id"] for t in again})
@@ -460,7 +444,7 @@ def encode_cursor(created_at: int, task_id: str) -> str:
     return f"{created_at}.{task_id}"
 
 
-def test_bad_values_are_400_and_change_nothing(yard: Taskyard, world: World) -> None:
+def test_bad_values_are_400_and_change_nothing(yard: InProcessYard, world: World) -> None:
     """Every malformed filter, limit or cursor is a 400 naming the problem, never a 500 and
     never a partial answer; the stored tasks are as before."""
     admin = yard.admin
@@ -546,7 +530,7 @@ def test_bad_values_are_400_and_change_nothing(yard: Taskyard, world: World) -> 
         assert search(admin, **params).status_code == 200, params
 
 
-def everything(yard: Taskyard) -> tuple[dict[str, int], list[Task]]:
+def everything(yard: InProcessYard) -> tuple[dict[str, int], list[Task]]:
     """What is stored: counts by status, and the newest 500 tasks."""
     response = yard.admin.get("/api/stats")
     assert response.status_code == 200, response.text

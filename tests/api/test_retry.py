@@ -1,38 +1,41 @@
 """Manual retry, one task and in bulk (issue 9, item 3): FAILED or CANCELLED back to WAITING
-with the same id and its history, 409 from other states, bulk by the search filters."""
+with the same id and its history, 409 from other states, bulk by the search filters. In-process
+(`tests.inprocess`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Fleet, MockBackend, Taskyard, shared_taskyard
+from tests.inprocess import InProcessFleet, InProcessYard
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
-    with shared_taskyard(db_kind, tmp_path_factory.mktemp(f"retry-{db_kind}")) as node:
+def yard() -> Iterator[InProcessYard]:
+    with InProcessYard() as node:
         yield node
 
 
 @pytest.fixture
-def fleet(yard: Taskyard, mock_factory: Callable[..., MockBackend]) -> Iterator[Fleet]:
-    f = Fleet(yard, mock_factory)
+def fleet(yard: InProcessYard) -> Iterator[InProcessFleet]:
+    f = InProcessFleet(yard)
     yield f
     f.close()
 
 
-def test_a_failed_task_is_retried_with_its_id_and_history(yard: Taskyard, fleet: Fleet) -> None:
+def test_a_failed_task_is_retried_with_its_id_and_history(
+    yard: InProcessYard, fleet: InProcessFleet
+) -> None:
     [backend] = fleet.mocks("flaky")
-    backend.control(fail_status=400)  # refused: fails at once (the only server of the model)
+    backend.fail_status = 400  # refused: fails at once (the only server of the model)
     fleet.register_online(backend)
     alice = yard.client(["user"], "alice")
     created = alice.post("/api/task", json={"model": fleet.model, "x": 1})
     task_id = created.json()["taskId"]
     failed = yard.wait_status(task_id, "FAILED")
     assert failed["errorCode"] == "backend_rejected"
-    backend.control(fail_status=None)
+    backend.fail_status = None
     retried = alice.post(f"/api/task/{task_id}/retry")
     assert retried.status_code == 200, retried.text
     assert retried.json()["taskId"] == task_id
@@ -47,7 +50,9 @@ def test_a_failed_task_is_retried_with_its_id_and_history(yard: Taskyard, fleet:
     assert yard.task(task_id)["status"] == "FINISHED"
 
 
-def test_a_cancelled_task_is_retried_and_others_may_not(yard: Taskyard, fleet: Fleet) -> None:
+def test_a_cancelled_task_is_retried_and_others_may_not(
+    yard: InProcessYard, fleet: InProcessFleet
+) -> None:
     alice = yard.client(["user"], "alice")
     task_id = alice.post("/api/task", json={"model": fleet.model}).json()["taskId"]
     waiting = alice.post(f"/api/task/{task_id}/retry")
@@ -65,9 +70,9 @@ def test_a_cancelled_task_is_retried_and_others_may_not(yard: Taskyard, fleet: F
     assert yard.client(["user"], "alice").post("/api/task/nope/retry").status_code == 404
 
 
-def test_bulk_retry_and_cancel_by_filter(yard: Taskyard, fleet: Fleet) -> None:
+def test_bulk_retry_and_cancel_by_filter(yard: InProcessYard, fleet: InProcessFleet) -> None:
     [backend] = fleet.mocks("bulk")
-    backend.control(fail_status=400)
+    backend.fail_status = 400
     fleet.register_online(backend, max_concurrency=8)
     failed = [fleet.submit() for _ in range(5)]
     for task_id in failed:
@@ -77,7 +82,7 @@ def test_bulk_retry_and_cancel_by_filter(yard: Taskyard, fleet: Fleet) -> None:
     assert user.post("/api/tasks/retry", params={"model": fleet.model}).status_code == 403
     bad = yard.admin.post("/api/tasks/retry", params={"limit": 0})
     assert bad.status_code == 400
-    backend.control(fail_status=None)
+    backend.fail_status = None
     params: dict[str, str | int] = {
         "model": fleet.model,
         "error_code": "backend_rejected",

@@ -1,32 +1,32 @@
-"""Server tokens end to end (SQLite and PostgreSQL): they expire, a heartbeat renews them, and
-they die with their registration (delete, or a new registration of the same id), callback
-tokens too."""
+"""Server tokens through the API, in-process (`tests.inprocess`) on SQLite and PostgreSQL: they
+expire, a heartbeat renews them, and they die with their registration (delete, or a new
+registration of the same id), callback tokens too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from tests.support import SECRET, Fleet, MockBackend, Taskyard, bearer, shared_taskyard, wait_for
+from tests.inprocess import InProcessFleet, InProcessYard, shared_yard
+from tests.support import SECRET, bearer, wait_for
 
 TTL_S = 3600
-MockFactory = Callable[..., MockBackend]
 
 
 @pytest.fixture(scope="module")
-def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taskyard]:
+def yard(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessYard]:
     workdir = tmp_path_factory.mktemp(f"server-tokens-{db_kind}")
-    with shared_taskyard(db_kind, workdir, server_token_ttl_s=TTL_S) as node:
+    with shared_yard(db_kind, workdir, server_token_ttl_s=TTL_S) as node:
         yield node
 
 
 @pytest.fixture
-def fleet(yard: Taskyard, mock_factory: MockFactory) -> Iterator[Fleet]:
-    f = Fleet(yard, mock_factory)
+def fleet(yard: InProcessYard) -> Iterator[InProcessFleet]:
+    f = InProcessFleet(yard)
     yield f
     f.close()
 
@@ -36,11 +36,11 @@ def claims_of(tok: str) -> dict[str, Any]:
     return decoded
 
 
-def heartbeat(yard: Taskyard, server_id: str, tok: str) -> httpx.Response:
-    return httpx.post(f"{yard.url}/api/servers/{server_id}/heartbeat", headers=bearer(tok))
+def heartbeat(yard: InProcessYard, server_id: str, tok: str) -> httpx.Response:
+    return yard.http.post(f"{yard.url}/api/servers/{server_id}/heartbeat", headers=bearer(tok))
 
 
-def register_without_health(fleet: Fleet, name: str) -> tuple[str, str]:
+def register_without_health(fleet: InProcessFleet, name: str) -> tuple[str, str]:
     """A server judged by heartbeats (nothing listens at its URL; no task goes to it)."""
     server_id = fleet.sid(name)
     body = {"id": server_id, "endpoints": {"predict": "http://127.0.0.1:9/predict"}}
@@ -57,7 +57,7 @@ def report(server_id: str, status: str = "PROCESSING") -> dict[str, Any]:
 
 
 def test_registration_token_expires_after_the_configured_ttl_and_names_its_registration(
-    fleet: Fleet,
+    fleet: InProcessFleet,
 ) -> None:
     server_id, tok = register_without_health(fleet, "ttl")
     claims = claims_of(tok)
@@ -65,7 +65,7 @@ def test_registration_token_expires_after_the_configured_ttl_and_names_its_regis
     assert claims["srv"] == server_id and claims["reg"]
 
 
-def test_a_heartbeat_renews_the_server_token(fleet: Fleet) -> None:
+def test_a_heartbeat_renews_the_server_token(fleet: InProcessFleet) -> None:
     server_id, tok = register_without_health(fleet, "renew")
     response = heartbeat(fleet.yard, server_id, tok)
     assert response.status_code == 200, response.text
@@ -76,7 +76,7 @@ def test_a_heartbeat_renews_the_server_token(fleet: Fleet) -> None:
     assert heartbeat(fleet.yard, server_id, renewed).status_code == 200
 
 
-def test_registering_again_revokes_the_old_registrations_tokens(fleet: Fleet) -> None:
+def test_registering_again_revokes_the_old_registrations_tokens(fleet: InProcessFleet) -> None:
     server_id, first = register_without_health(fleet, "again")
     renewed_first = heartbeat(fleet.yard, server_id, first).json()["token"]
     _, second = register_without_health(fleet, "again")
@@ -87,7 +87,7 @@ def test_registering_again_revokes_the_old_registrations_tokens(fleet: Fleet) ->
     assert heartbeat(fleet.yard, server_id, second).status_code == 200
 
 
-def test_deleting_the_server_revokes_its_token(fleet: Fleet) -> None:
+def test_deleting_the_server_revokes_its_token(fleet: InProcessFleet) -> None:
     server_id, tok = register_without_health(fleet, "gone")
     assert heartbeat(fleet.yard, server_id, tok).status_code == 200
     assert fleet.yard.admin.delete(f"/api/servers/{server_id}").status_code == 200
@@ -99,21 +99,27 @@ def test_deleting_the_server_revokes_its_token(fleet: Fleet) -> None:
     assert heartbeat(fleet.yard, server_id, fresh).status_code == 200
 
 
-def test_callback_and_server_tokens_die_when_the_server_registers_again(fleet: Fleet) -> None:
-    # Async, calling back only after a minute: the task stays PROCESSING on it.
+def test_callback_and_server_tokens_die_when_the_server_registers_again(
+    fleet: InProcessFleet,
+) -> None:
+    # Async, not calling back within the test: the task stays PROCESSING on it.
     (backend,) = fleet.mocks(("cb", "--async", "--delay-ms", "60000"))
     server_token = fleet.register_online(backend, **{"async": True})["token"]
     task_id = fleet.submit(timeout_s=60)
     fleet.yard.wait_status(task_id, "PROCESSING")
-    calls = wait_for(lambda: [c for c in backend.received() if c["task_id"] == task_id])
+    calls = wait_for(lambda: [c for c in backend.received if c["task_id"] == task_id])
     callback_token = calls[0]["callback_token"]
     assert claims_of(callback_token)["reg"] == claims_of(server_token)["reg"]
     url = f"{fleet.yard.url}/api/task/{task_id}"
-    progress = httpx.put(url, json=report(backend.server_id), headers=bearer(callback_token))
+    progress = fleet.yard.http.put(
+        url, json=report(backend.server_id), headers=bearer(callback_token)
+    )
     assert progress.status_code == 200, progress.text
 
     fleet.register_online(backend, **{"async": True})  # the backend restarted, say
     for tok in (callback_token, server_token):
-        late = httpx.put(url, json=report(backend.server_id, "FINISHED"), headers=bearer(tok))
+        late = fleet.yard.http.put(
+            url, json=report(backend.server_id, "FINISHED"), headers=bearer(tok)
+        )
         assert late.status_code == 401, late.text
     assert fleet.yard.task(task_id)["status"] == "PROCESSING"
