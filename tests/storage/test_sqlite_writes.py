@@ -50,16 +50,28 @@ async def test_with_the_lock_held_elsewhere_the_writer_thread_waits_for_it(
 ) -> None:
     runner = _runner(tmp_path, "full")
     other = sqlite3.connect(tmp_path / "writes.db", isolation_level=None)
+
+    def count_then_insert(conn: Connection) -> tuple[int, threading.Thread]:
+        seen = conn.execute(text("SELECT count(*) FROM t")).scalar_one()
+        conn.execute(text("INSERT INTO t VALUES (0, 0)"))
+        return seen, threading.current_thread()
+
     try:
         other.execute("BEGIN IMMEDIATE")  # another process's writer, say
-        write = asyncio.ensure_future(runner.transaction([_insert(0, 0)]))
-        await asyncio.sleep(0.05)
-        assert not write.done()  # it waits for the lock...
-        assert (
-            await runner.read(lambda c: c.execute(text("SELECT 1")).scalar()) == 1
-        )  # ...not the loop
+        other.execute("INSERT INTO t VALUES (9, 9)")
+        write = asyncio.ensure_future(runner.transaction([count_then_insert]))
+        # Found the lock taken, the transaction goes to the writer thread (started by it: this
+        # runner has committed nothing yet), which waits there for the lock...
+        while not any(t.name.startswith("taskyard-sqlite-writer") for t in threading.enumerate()):
+            await asyncio.sleep(0.005)
+        assert not write.done()
+        # ...while the loop goes on: a read answers.
+        assert await runner.read(lambda c: c.execute(text("SELECT 1")).scalar()) == 1
         other.execute("COMMIT")
-        [thread] = await asyncio.wait_for(write, HANG_S)
+        [(seen, thread)] = await asyncio.wait_for(write, HANG_S)
+        # It waited for the lock: its statements ran after the other writer's commit (they
+        # saw its row), in the writer thread.
+        assert seen == 1
         assert thread is not threading.current_thread()
     finally:
         other.close()
