@@ -1,4 +1,4 @@
-"""Test support shipped with the package: `MemoryStore`, the domain's `Store` in plain Python.
+"""`MemoryStore`: the domain's `Store` in plain Python, shipped with the package for tests.
 
 It keeps SqlStore's semantics (conditional updates, claims on fresh data with exact in-flight
 counts, the queue and sweep orders, leases, nodes), so domain logic can be tested in
