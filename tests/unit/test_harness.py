@@ -174,6 +174,19 @@ async def test_the_harness_hands_its_clock_and_store_to_the_app(
     assert seen["client"] is yard.backends
 
 
+async def test_the_fake_clock_is_the_domains_time() -> None:
+    """The clock reaches the Coordinator: a task is stamped with the fake time, not the
+    system's, and moves only when the clock does."""
+    clock = FakeClock(start_ms=1_000_000)
+    async with Harness(clock=clock) as yard:
+        assert yard.coordinator.clock is clock
+        first = await yard.store.get_task(await yard.submit())
+        clock.advance(2.5)
+        second = await yard.store.get_task(await yard.submit())
+    assert first is not None and second is not None
+    assert (first.created_at, second.created_at) == (1_000_000, 1_002_500)
+
+
 async def test_with_database_the_node_opens_its_production_store(tmp_path: Path) -> None:
     database = tmp_path / "harness.db"
     settings = harness_settings(database_url=f"sqlite:///{database}")
